@@ -1,0 +1,172 @@
+"""Configuration in one place: defaults here, then a YAML file, then
+`MTSERVE_*` environment variables, then command-line flags. Unknown keys and
+wrong types fail at start with the key named.
+
+Environment variables use `__` between a section and its key:
+`MTSERVE_HOME=/data/mtserve`, `MTSERVE_INFERENCE__MAX_BATCH_TOKENS=4096`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from mtserve.errors import ValidationError
+
+ENV_PREFIX = "MTSERVE_"
+DEFAULT_HOME = Path("~/.cache/mtserve")
+
+
+def mtserve_home() -> Path:
+    """Root of everything mtserve writes by default (checkpoints, databases,
+    caches). `MTSERVE_HOME` overrides it."""
+    return Path(os.environ.get("MTSERVE_HOME") or DEFAULT_HOME).expanduser()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RegistrySettings(_Section):
+    address: str = "127.0.0.1:50051"
+    # SQLite file under home by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
+    database_url: str | None = None
+
+
+class InferenceSettings(_Section):
+    address: str = "127.0.0.1:50052"
+    registry_address: str | None = None  # defaults to registry.address
+    # Dynamic batching: requests for different tasks share forward passes.
+    max_batch_tokens: int = Field(8192, ge=64)
+    max_batch_requests: int = Field(64, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    queue_size: int = Field(256, ge=1)
+    # Where the last-known-good copy of tasks and routes is kept, for serving
+    # through a registry outage.
+    state_file: str | None = None
+
+
+class BatchSettings(_Section):
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = None  # defaults to broker_url
+    results_database_url: str | None = None  # SQLite file under home by default
+    chunk_size: int = Field(25, ge=1)
+    # Redis redelivers an unacknowledged task after this many seconds: it must
+    # be longer than the longest chunk (see batch/celery_app.py).
+    visibility_timeout: int = Field(3600, ge=1)
+    chunk_time_limit: int = Field(1800, ge=1)
+    # "grpc" scores through the inference service; "local" loads the engine in the worker.
+    scorer: Literal["grpc", "local"] = "grpc"
+    inference_address: str | None = None  # defaults to inference.address
+
+
+class TrainerSettings(_Section):
+    address: str = "127.0.0.1:50053"
+    jobs_dir: str | None = None  # under home by default
+
+
+class Settings(_Section):
+    home: Path = Field(default_factory=mtserve_home)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    checkpoints_dir: str | None = None  # under home by default
+    log_level: str = "INFO"
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+
+    # -- derived paths --------------------------------------------------------
+    @property
+    def checkpoints_root(self) -> Path:
+        return Path(self.checkpoints_dir).expanduser() if self.checkpoints_dir else self.home / "checkpoints"
+
+    @property
+    def registry_database_url(self) -> str:
+        return self.registry.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def results_database_url(self) -> str:
+        return self.batch.results_database_url or f"sqlite:///{self.home / 'results.db'}"
+
+    @property
+    def inference_registry_address(self) -> str:
+        return self.inference.registry_address or self.registry.address
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        node = layer
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return layer
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"inference.max_wait_ms": 3} -> {"inference": {"max_wait_ms": 3}}; None values are skipped."""
+    out: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        if value is None:
+            continue
+        parts = dotted.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_settings(
+    file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < file < environment < overrides (flags, as dotted keys)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is None and env.get("MTSERVE_CONFIG"):
+        file = env["MTSERVE_CONFIG"]
+    if file is not None:
+        source = str(file)
+        try:
+            loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ValidationError("config", f"cannot read file ({exc.strerror})", str(file)) from None
+        except yaml.YAMLError as exc:
+            raise ValidationError(str(file), f"is not valid YAML: {exc}", None, show_value=False) from None
+        if not isinstance(loaded, Mapping):
+            raise ValidationError(str(file), "must be a mapping of settings", type(loaded).__name__)
+        data = _merge(data, loaded)
+    env_layer = _env_layer({k: v for k, v in env.items() if k != "MTSERVE_CONFIG"})
+    data = _merge(data, env_layer)
+    data = _merge(data, _nest(overrides or {}))
+    try:
+        return Settings.model_validate(data)
+    except PydanticValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        origin = "environment" if key.split(".")[0] in env_layer else source
+        if err["type"] == "extra_forbidden":
+            raise ValidationError(key, f"unknown setting (from {origin})", err.get("input"), show_value=False) from None
+        raise ValidationError(key, f"{err['msg']} (from {origin})", err.get("input")) from None

@@ -1,0 +1,320 @@
+"""The one prompt renderer, shared by the trainer and every inference path.
+
+`PromptRenderer.render(task, input)` turns a task and an input into token-id
+segments:
+
+    prefix  = chat-template head + system text + the input (conversation/text)
+    suffix  = the task's instruction + the answer cue (the assistant turn opening)
+    answer  = the verbalizer (or target) + the end-of-answer token (training only)
+
+Why this order: the input comes first and the instruction after it, so one
+conversation's prefix is the same for every task scored on it and its KV cache
+is computed once and shared (the paper's "task-specific prefix" of 4.1.2
+becomes a task-specific suffix for this reason). Why separate segments: BPE
+merges across a text boundary would make tokenize(prefix + suffix) differ from
+tokenize(prefix) + tokenize(suffix); segments are cut at chat-template special
+tokens or after a newline, where the pre-tokenizer always splits, so the
+concatenated ids equal the ids of the joined text (tests check this on both
+tokenizers), and a text-only backend sees the very tokens the trainer saw.
+
+Customer text is tokenized with special tokens disabled: `<|im_end|>` typed by
+a customer is plain text and can neither end the prompt nor fake a turn.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from mtserve.errors import ValidationError
+from mtserve.inputs import Conversation, Input, Text, TextPair, check_task_accepts
+from mtserve.tasks import Channel, InputKind, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
+
+SYSTEM_PROMPT = (
+    "You are a customer-service analytics assistant. Read the input, then answer "
+    "the question after it with one of the allowed answers only."
+)
+# Multi-label tasks are asked one label at a time, answered yes or no (see
+# `render`): each label gets an independent probability.
+MULTILABEL_YES, MULTILABEL_NO = "yes", "no"
+TRUNCATION_MARKER = "[... {n} earlier turns omitted ...]"
+TEXT_TRUNCATION_MARKER = " [... truncated]"
+CHANNEL_HEADERS = {
+    Channel.CALL: "Phone call transcript (speech recognition):",
+    Channel.IM: "Instant-messaging chat:",
+    Channel.EMAIL: "E-mail:",
+    Channel.REVIEW: "Guest review:",
+}
+
+_S_SYSTEM, _S_INPUT, _S_QUESTION, _S_ANSWER = "\x00SYS\x00", "\x00INPUT\x00", "\x00QUESTION\x00", "\x00ANSWER\x00"
+
+
+@dataclass(frozen=True)
+class Segments:
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    answer: tuple[int, ...] = ()
+    # The same prompt as text, for backends that only take text; tokenizing it
+    # (special tokens enabled) gives prefix + suffix when the customer text
+    # holds no special-token strings.
+    text: str = ""
+    truncated: bool = False
+
+    @property
+    def prompt(self) -> tuple[int, ...]:
+        return self.prefix + self.suffix
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self.prefix + self.suffix + self.answer
+
+
+@dataclass(frozen=True)
+class RenderedInput:
+    """An input rendered and cut once: every task scored on it shares it."""
+
+    ids: tuple[int, ...]  # the whole prefix segment
+    text: str
+    truncated: bool
+    content_tokens: int
+
+
+@dataclass(frozen=True)
+class _Piece:
+    text: str
+    trusted: bool  # template text: special tokens allowed
+
+
+class PromptRenderer:
+    """Renders (task, input) for one tokenizer. Build one per tokenizer and
+    keep it: suffixes and label paths are cached per task version."""
+
+    def __init__(self, tokenizer: Any, policy: TruncationPolicy | None = None, system_prompt: str = SYSTEM_PROMPT):
+        self.tokenizer = tokenizer
+        self.policy = policy or TruncationPolicy()
+        self.system_prompt = system_prompt
+        self._parse_template()
+
+    # -- tokenization -------------------------------------------------------------
+    def encode_text(self, text: str) -> list[int]:
+        """Untrusted text: special-token strings are plain characters."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def encode_template(self, text: str) -> list[int]:
+        """Template text: its special-token strings are special tokens."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+
+    def _encode(self, pieces: Sequence[_Piece]) -> tuple[tuple[int, ...], str]:
+        ids: list[int] = []
+        for piece in pieces:
+            if piece.text:
+                ids += self.encode_template(piece.text) if piece.trusted else self.encode_text(piece.text)
+        return tuple(ids), "".join(p.text for p in pieces)
+
+    # -- the chat template, parsed once ------------------------------------------
+    def _parse_template(self) -> None:
+        """Render the model's chat template around sentinel strings and keep the
+        template text between them. The prefix/suffix cut is placed just before
+        the last special token between the input and the question, so that
+        both segments start and end where the tokenizer splits anyway."""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ValidationError(
+                "tokenizer.chat_template",
+                "the model has no chat template; add one to its tokenizer_config.json (ChatML works for any model)",
+                getattr(tok, "name_or_path", "?"),
+            )
+        msgs = [
+            {"role": "system", "content": _S_SYSTEM},
+            {"role": "user", "content": _S_INPUT},
+            {"role": "user", "content": _S_QUESTION},
+        ]
+        prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": _S_ANSWER}], tokenize=False)
+        try:
+            head, rest = prompt.split(_S_SYSTEM)
+            after_system, rest = rest.split(_S_INPUT)
+            between, rest = rest.split(_S_QUESTION)
+            cue = rest
+            answer_tail = full.split(_S_ANSWER)[1]
+        except ValueError:
+            raise ValidationError(
+                "tokenizer.chat_template",
+                "must render a system message, two consecutive user messages and an assistant message",
+                getattr(tok, "name_or_path", "?"),
+            ) from None
+        if not full.split(_S_ANSWER)[0].endswith(cue):
+            raise ValidationError("tokenizer.chat_template", "the generation prompt does not open the assistant message", cue)
+        specials = sorted(tok.all_special_tokens + list(getattr(tok, "added_tokens_encoder", {}).keys()), key=len, reverse=True)
+        cut = max((between.rfind(s) for s in specials if s), default=-1)
+        if cut < 0:
+            raise ValidationError(
+                "tokenizer.chat_template",
+                "needs a special token between consecutive messages to cut the shared prefix exactly",
+                between,
+            )
+        self._head = head
+        self._after_system = after_system
+        self._prefix_tail = between[:cut]
+        self._suffix_head = between[cut:]
+        self._cue = cue
+        # end of answer: the template text after the answer up to and including
+        # its first special token (e.g. "<|im_end|>"); trailing newlines are not trained.
+        tail = answer_tail.rstrip("\n")
+        self._answer_tail = tail
+        tail_ids = self.encode_template(tail)
+        if not tail_ids:
+            raise ValidationError("tokenizer.chat_template", "must close the assistant message with a token", answer_tail)
+        self.end_of_answer_id: int = tail_ids[-1]
+        self._answer_tail_ids = tuple(tail_ids)
+
+    # -- rendering ----------------------------------------------------------------
+    def content_text(self, inp: Input) -> list[str]:
+        """The input as lines of text (a header line for the channel, then the
+        turns); cutting a conversation removes whole lines."""
+        if isinstance(inp, Conversation):
+            return [CHANNEL_HEADERS[inp.channel]] + [f"{t.speaker.value}: {_one_line(t.text)}" for t in inp.turns]
+        if isinstance(inp, TextPair):
+            return [f"Text A: {inp.text.strip()}", f"Text B: {inp.text_b.strip()}"]
+        header = [CHANNEL_HEADERS[inp.channel]] if inp.channel in (Channel.EMAIL, Channel.REVIEW) else []
+        return header + [inp.text.strip()]
+
+    def render_input(self, inp: Input, *, truncate: bool = True) -> RenderedInput:
+        """The prefix segment of an input, cut to its budget once."""
+        budget = self.policy.budget_for(inp.kind, getattr(inp, "channel", None))
+        lines = self.content_text(inp)
+        content = "\n".join(lines)
+        n = len(self.encode_text(content))
+        truncated = False
+        if n > budget.max_tokens:
+            if not truncate:
+                channel = getattr(inp, "channel", None)
+                where = inp.kind.value + (f"/{channel.value}" if channel else "")
+                raise ValidationError(
+                    "input",
+                    f"has {n} tokens, over the {budget.max_tokens}-token budget for {where} input, and truncation is off",
+                    n,
+                    show_value=False,
+                )
+            content = self._cut(inp, lines, budget)
+            n = len(self.encode_text(content))
+            truncated = True
+        pieces = [
+            _Piece(self._head, True),
+            _Piece(self.system_prompt, True),
+            _Piece(self._after_system, True),
+            _Piece(content, False),
+            _Piece(self._prefix_tail, True),
+        ]
+        ids, text = self._encode(pieces)
+        return RenderedInput(ids=ids, text=text, truncated=truncated, content_tokens=n)
+
+    def _cut(self, inp: Input, lines: list[str], budget: TruncationBudget) -> str:
+        count = lambda s: len(self.encode_text(s))  # noqa: E731
+        if isinstance(inp, Conversation):
+            header, turns = lines[0], lines[1:]
+            keep = min(budget.keep_first_turns, len(turns))
+            first, rest = turns[:keep], turns[keep:]
+            # The latest turn always stays; then earlier ones, most recent
+            # first, while they fit with the marker.
+            tail: list[str] = rest[-1:]
+            for line in reversed(rest[:-1]):
+                candidate = [header, *first, TRUNCATION_MARKER.format(n=len(rest) - len(tail) - 1), line, *tail]
+                if count("\n".join(candidate)) > budget.max_tokens:
+                    break
+                tail.insert(0, line)
+            omitted = len(rest) - len(tail)
+            kept = [header, *first] + ([TRUNCATION_MARKER.format(n=omitted)] if omitted else []) + tail
+            text = "\n".join(kept)
+            if count(text) <= budget.max_tokens:
+                return text
+            # The kept turns alone are over budget (one very long turn): fall
+            # back to cutting characters, keeping the end of the conversation.
+            return _cut_chars(text, budget.max_tokens, count, keep="end", marker=TRUNCATION_MARKER.format(n=omitted) + "\n")
+        return _cut_chars("\n".join(lines), budget.max_tokens, count, keep="start", marker=TEXT_TRUNCATION_MARKER)
+
+    def instruction_text(self, task: Task, ask: Label | None = None) -> str:
+        text = task.instruction.format(labels=", ".join(label.verbalizer for label in task.labels)).strip()
+        if task.taxonomy is Taxonomy.MULTILABEL:
+            if ask is None:
+                raise ValidationError("ask", f"multi-label task {task.name!r} is rendered one label at a time", None, show_value=False)
+            text += f"\nCategory: {ask.verbalizer}\nDoes this category apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}."
+        return text
+
+    @functools.lru_cache(maxsize=4096)
+    def suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
+        """The task segment: cached per task definition (Task is frozen and hashable)."""
+        pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), True), _Piece(self._cue, True)]
+        return self._encode(pieces)
+
+    def answer_ids(self, answer: str) -> tuple[int, ...]:
+        return tuple(self.encode_text(answer)) + self._answer_tail_ids
+
+    def render(
+        self,
+        task: Task,
+        inp: Input,
+        *,
+        answer: str | None = None,
+        ask: Label | None = None,
+        truncate: bool = True,
+        rendered_input: RenderedInput | None = None,
+    ) -> Segments:
+        """Render one (task, input) pair. `answer` (a verbalizer, a target text,
+        or yes/no for a multi-label `ask`) fills the answer segment for training.
+        `rendered_input` lets a caller that scores many tasks on one input pass
+        the input rendered once."""
+        check_task_accepts(task, inp)
+        rin = rendered_input or self.render_input(inp, truncate=truncate)
+        suffix, suffix_text = self.suffix_ids(task, ask)
+        total = len(rin.ids) + len(suffix)
+        if total > task.max_input_tokens:
+            raise ValidationError(
+                "input",
+                f"renders to {total} prompt tokens, task {task.name!r} allows at most {task.max_input_tokens}",
+                total,
+                show_value=False,
+            )
+        answer_ids = self.answer_ids(answer) if answer is not None else ()
+        text = rin.text + suffix_text + (answer + self._answer_tail if answer is not None else "")
+        return Segments(prefix=rin.ids, suffix=suffix, answer=answer_ids, text=text, truncated=rin.truncated)
+
+    def render_training(self, task: Task, inp: Input, gold: str | Sequence[str]) -> list[Segments]:
+        """The training examples for one labelled input: one for a
+        single-answer task (gold = label name, or target text for generation),
+        one yes/no question per label for a multi-label task (gold = names)."""
+        rin = self.render_input(inp)
+        if task.taxonomy is Taxonomy.GENERATION:
+            return [self.render(task, inp, answer=str(gold), rendered_input=rin)]
+        if task.taxonomy is Taxonomy.MULTILABEL:
+            names = {gold} if isinstance(gold, str) else set(gold)
+            for name in names:
+                task.label(name)  # unknown label -> NotFoundError naming it
+            return [
+                self.render(task, inp, ask=label, answer=MULTILABEL_YES if label.name in names else MULTILABEL_NO, rendered_input=rin)
+                for label in task.labels
+            ]
+        if not isinstance(gold, str):
+            raise ValidationError("label", f"task {task.name!r} takes one label", gold)
+        return [self.render(task, inp, answer=task.label(gold).verbalizer, rendered_input=rin)]
+
+
+def _one_line(text: str) -> str:
+    # A turn is one line: its own newlines would look like new turns.
+    return " ".join(text.split())
+
+
+def _cut_chars(text: str, max_tokens: int, count: Any, *, keep: str, marker: str) -> str:
+    """Binary search the longest head (keep='start') or tail (keep='end') of
+    `text` that fits with the marker."""
+    lo, hi = 0, len(text)
+    best = ""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        candidate = (text[:mid] + marker) if keep == "start" else (marker + text[len(text) - mid:])
+        if count(candidate) <= max_tokens:
+            best, lo = candidate, mid + 1
+        else:
+            hi = mid - 1
+    return best

@@ -1,0 +1,86 @@
+"""Shared fixtures: tokenizers and tiny random models, built once per session
+into a temporary MTSERVE_HOME so tests never write into the user's home."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mtserve.tasks import Catalogue, builtin_catalogue_path, load_catalogue
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("mtserve-home")
+    os.environ["MTSERVE_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTSERVE_HOME", str(session_home))
+
+
+@pytest.fixture(scope="session")
+def hotel() -> Catalogue:
+    return load_catalogue(builtin_catalogue_path("hotel"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tok(session_home: Path):
+    from mtserve.models import smollm2_tokenizer
+
+    return smollm2_tokenizer(session_home / "tokenizers" / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def qwen2_tok(session_home: Path):
+    from mtserve.qwen_vocab import load_qwen2_tokenizer
+
+    return load_qwen2_tokenizer(session_home / "tokenizers" / "qwen2")
+
+
+@pytest.fixture(scope="session", params=["smollm2", "qwen2"])
+def any_tok(request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"{request.param}_tok")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(session_home: Path, smollm2_tok) -> Path:
+    """A 2-layer random Llama with the SmolLM2 tokenizer, as a checkpoint."""
+    from mtserve.models import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(session_home / "checkpoints" / "tiny-llama", smollm2_tok, checkpoint_id="tiny-llama", arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(session_home: Path, qwen2_tok) -> Path:
+    """A 2-layer random Qwen2 with the Qwen2-vocabulary tokenizer, as a checkpoint."""
+    from mtserve.models import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(session_home / "checkpoints" / "tiny-qwen", qwen2_tok, checkpoint_id="tiny-qwen", arch="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_llama_dir: Path):
+    from mtserve.models import load_checkpoint
+
+    return load_checkpoint(tiny_llama_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tiny_qwen_dir: Path):
+    from mtserve.models import load_checkpoint
+
+    return load_checkpoint(tiny_qwen_dir, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen"])
+def tiny_model(request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"tiny_{request.param}")

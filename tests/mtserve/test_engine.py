@@ -1,0 +1,171 @@
+"""Constrained label decoding on tiny random models (Llama + SmolLM2
+tokenizer, Qwen2 + Qwen2-vocabulary tokenizer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from mtserve.engine import Engine, Prediction, Request
+from mtserve.errors import ValidationError
+from mtserve.inputs import Conversation, Speaker, Text, Turn
+from mtserve.tasks import Channel, parse_task
+
+
+def conv(channel=Channel.CALL, *texts):
+    texts = texts or ("hello, my booking at the harbour hotel was cancelled", "sorry, let me check that for you")
+    return Conversation(channel=channel, turns=tuple(Turn([Speaker.CUSTOMER, Speaker.AGENT][i % 2], t) for i, t in enumerate(texts)))
+
+
+def mixed_requests(hotel):
+    call, im = conv(Channel.CALL), conv(Channel.IM, "我的房间没有了!", "I am sorry 🙏", "can I get an invoice")
+    email = Text("Please change my booking to next Friday.", Channel.EMAIL)
+    review = Text("Clean room, rude staff, great location.", Channel.REVIEW)
+    reqs = [Request(t, call) for t in hotel.tasks if t.applies_to(call.kind, call.channel)]
+    reqs += [Request(hotel.task(n), im) for n in ("rc-i", "see", "csc")]
+    reqs += [Request(hotel.task("ec"), email), Request(hotel.task("rtc"), review)]
+    reqs = [Request(dataclasses.replace(r.task, max_new_tokens=6), r.input) if r.task.is_generation else r for r in reqs]
+    return reqs
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen"])
+def engine(request, hotel):
+    loaded = request.getfixturevalue(f"tiny_{request.param}")
+    return Engine(loaded.model, loaded.tokenizer, hotel.truncation)
+
+
+def assert_same(a: Prediction, b: Prediction, tol=1e-5):
+    assert a.label == b.label and a.labels == b.labels and a.text == b.text
+    for x, y in zip(a.scores, b.scores):
+        assert x.label == y.label and abs(x.probability - y.probability) <= tol, (a.task, x, y)
+
+
+def test_alone_equals_mixed_batch(engine, hotel):
+    reqs = mixed_requests(hotel)
+    together = engine.predict(reqs)
+    for req, mixed in zip(reqs, together):
+        alone = engine.predict([req])[0]
+        assert_same(alone, mixed)
+
+
+def test_small_token_budget_chunks_without_changing_answers(engine, hotel):
+    reqs = mixed_requests(hotel)
+    big = engine.predict(reqs)
+    small = Engine(engine.model, engine.tokenizer, hotel.truncation, max_batch_tokens=128).predict(reqs)
+    for a, b in zip(big, small):
+        assert_same(a, b)
+
+
+def test_distributions_and_answers_are_valid(engine, hotel):
+    for req, p in zip(mixed_requests(hotel), engine.predict(mixed_requests(hotel))):
+        task = req.task
+        assert p.task == task.name
+        if task.is_generation:
+            assert isinstance(p.text, str) and p.scores == ()
+            continue
+        assert [s.label for s in p.scores] == list(task.label_names)
+        if task.taxonomy.value == "multilabel":
+            assert all(0.0 < s.probability < 1.0 for s in p.scores)
+            assert p.labels == tuple(s.label for s in p.scores if s.probability >= task.threshold)
+        else:
+            assert math.isclose(sum(s.probability for s in p.scores), 1.0, abs_tol=1e-9)
+            assert p.label == max(p.scores, key=lambda s: s.probability).label
+        if task.taxonomy.value == "ordinal":
+            assert p.expected_value == pytest.approx(sum(s.probability * l.value for s, l in zip(p.scores, task.labels)))
+
+
+def reference_distribution(engine, task, inp):
+    """Score every label path by one plain forward pass over prompt + path,
+    no cache, no batching: what the engine must reproduce."""
+    seg = engine.renderer.render(task, inp)
+    trie = engine.trie(task)
+    totals = []
+    for path in trie.paths:
+        ids = torch.tensor([list(seg.prompt) + list(path)])
+        with torch.no_grad():
+            logp = torch.log_softmax(engine.model(input_ids=ids).logits[0].double(), -1)
+        start = len(seg.prompt) - 1
+        totals.append(sum(float(logp[start + k, tok]) for k, tok in enumerate(path)))
+    z = torch.softmax(torch.tensor(totals, dtype=torch.double), 0)
+    return [float(v) for v in z]
+
+
+def test_multi_token_label_probabilities_are_exact(engine, hotel):
+    task = hotel.task("ec")  # "booking change", "group booking", ...: several tokens each
+    inp = Text("Hello, we need 20 rooms for a wedding in June.", Channel.EMAIL)
+    assert not engine.trie(task).single_token
+    got = [s.probability for s in engine.predict([Request(task, inp)])[0].scores]
+    assert got == pytest.approx(reference_distribution(engine, task, inp), abs=1e-5)
+
+
+def test_prefix_labels_1_and_10_are_distinguished(engine):
+    task = parse_task({"name": "score", "instruction": "Score it: {labels}", "input_kind": "text", "taxonomy": "ordinal",
+                       "channels": ["review"], "labels": [{"name": str(v), "value": v} for v in (1, 2, 10, 100)]})
+    inp = Text("fine", Channel.REVIEW)
+    trie = engine.trie(task)
+    assert trie.paths[0][-1] == engine.renderer.end_of_answer_id  # "1" is a prefix of "10"
+    got = [s.probability for s in engine.predict([Request(task, inp)])[0].scores]
+    assert got == pytest.approx(reference_distribution(engine, task, inp), abs=1e-5)
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.calls = model, []
+        self.config = model.config
+
+    def forward(self, **kw):
+        self.calls.append(tuple(kw["input_ids"].shape))
+        return self.inner(**kw)
+
+
+def test_shared_prefix_runs_once_and_single_token_labels_need_no_third_pass(tiny_llama, hotel):
+    counting = CountingModel(tiny_llama.model)
+    engine = Engine(counting, tiny_llama.tokenizer, hotel.truncation)
+    call = conv(Channel.CALL)
+    binary = [Request(t, call) for t in hotel.tasks if t.applies_to(call.kind, call.channel) and t.taxonomy.value == "binary"]
+    engine.predict(binary)
+    # one prefix pass (1 row), one suffix pass (a row per task), nothing else
+    assert len(counting.calls) == 2
+    assert counting.calls[0][0] == 1 and counting.calls[1][0] == len(binary)
+
+
+def test_a_bad_request_does_not_sink_the_batch(engine, hotel):
+    good = Request(hotel.task("rc-a"), conv(Channel.CALL))
+    wrong_kind = Request(hotel.task("rc-a"), Text("hello"))
+    wrong_channel = Request(hotel.task("rc-a"), conv(Channel.IM))
+    out = engine.predict([good, wrong_kind, wrong_channel])
+    assert isinstance(out[0], Prediction)
+    assert isinstance(out[1], ValidationError) and "reads conversation input" in str(out[1])
+    assert isinstance(out[2], ValidationError) and "applies to channels" in str(out[2])
+
+
+def test_generation_stops_at_its_bound(engine, hotel):
+    task = dataclasses.replace(hotel.task("cs"), max_new_tokens=3)
+    p = engine.predict([Request(task, conv(Channel.IM))])[0]
+    assert len(engine.tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 4
+
+
+LABEL_WORDS = st.sampled_from(
+    ["1", "10", "100", "2", "yes", "yes please", "no", "not sure", "好", "好的", "很好", "très bien", "très", "ok 👍", "ok", "B-2", "b"]
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(LABEL_WORDS, min_size=2, max_size=6, unique_by=str.casefold), text=st.text(min_size=1, max_size=60))
+def test_property_answer_is_a_label_and_probabilities_sum_to_one(engine, words, text):
+    assume(text.strip())
+    task = parse_task({"name": "prop", "instruction": "Pick one of {labels}.", "input_kind": "text", "taxonomy": "multiclass",
+                       "channels": ["review"], "labels": [{"name": f"l{i}", "verbalizer": w} for i, w in enumerate(words)]})
+    try:
+        engine.trie(task)
+    except ValidationError:
+        assume(False)  # a tokenizer-level collision: refused, as it must be
+    p = engine.predict([Request(task, Text(text, Channel.REVIEW))])[0]
+    assert p.label in task.label_names
+    assert math.isclose(sum(s.probability for s in p.scores), 1.0, abs_tol=1e-9)

