@@ -56,7 +56,6 @@ records.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
@@ -68,11 +67,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Union
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Union
 
 from mtserve.errors import PreconditionError, ValidationError
 from mtserve.inputs import Conversation, Speaker, input_from_dict, input_to_dict
-from mtserve.tasks import CONVERSATION_CHANNELS, Channel
+from mtserve.tasks import CONVERSATION_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -218,21 +217,72 @@ def _parse_line(raw: bytes, first: bool) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        return _Bad(RejectCode.INVALID_JSON, f"invalid JSON: {exc.msg} at column {exc.colno}", _sniff_id(text))
+        return _Bad(RejectCode.INVALID_JSON, f"invalid JSON ({exc.msg}, column {exc.colno})", _sniff_id(text))
+
+
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's "expect a gzip header" mode
+_READ_SIZE = 1 << 16
+
+
+def _gunzip(f: BinaryIO) -> Iterator[bytes]:
+    """The decompressed bytes of a gzip file (members concatenated, as gzip
+    allows), yielded as soon as they are decompressed. Unlike GzipFile, which
+    loses its whole read buffer when the stream turns out to be truncated,
+    this hands out every byte before the damage, so a cut-off file keeps all
+    its complete lines. Raises EOFError if truncated, zlib.error if corrupt."""
+    d = zlib.decompressobj(_GZIP_WBITS)
+    empty = True
+    while block := f.read(_READ_SIZE):
+        empty = False
+        while block:
+            if d.eof:
+                if not block.strip(b"\x00"):  # zero padding after the last member, as some tools write
+                    break
+                d = zlib.decompressobj(_GZIP_WBITS)  # the next member
+            out = d.decompress(block)
+            if out:
+                yield out
+            block = d.unused_data if d.eof else b""
+    if not d.eof and not empty:
+        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+
+
+def _lines(chunks: Iterable[bytes], skip: int) -> Iterator[bytes]:
+    """Split a byte stream into lines (each keeps its b"\\n"), after dropping
+    the first `skip` bytes (a chunk's start offset)."""
+    buf = bytearray()
+    for chunk in chunks:
+        if skip:
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        scan = len(buf)
+        buf += chunk
+        begin = 0
+        while (nl := buf.find(b"\n", scan)) != -1:
+            yield bytes(buf[begin : nl + 1])
+            begin = scan = nl + 1
+        del buf[:begin]
+    if buf:
+        yield bytes(buf)  # a last line without a newline
 
 
 def _iter_jsonl(path: Path, gz: bool, start: int, stop: int | None, offset: int) -> Iterator[_Item]:
     try:
-        f: Any = gzip.open(path, "rb") if gz else open(path, "rb")
+        f = open(path, "rb")
     except OSError as exc:
         yield _Item(FILE_LEVEL, 0, _Bad(RejectCode.UNREADABLE_FILE, f"cannot open file: {exc}"))
         return
     pos = start
     with f:
         try:
-            if offset:
-                f.seek(offset)  # GzipFile seeks forward by decompressing, still cheaper than parsing lines
-            for raw in f:
+            if gz:
+                # Decompress from the start even for a later chunk (gzip has no
+                # random access), but only split and parse lines from `offset` on.
+                raw_lines: Iterable[bytes] = _lines(_gunzip(f), offset)
+            else:
+                f.seek(offset)
+                raw_lines = f
+            for raw in raw_lines:
                 if stop is not None and pos >= stop:
                     return
                 line = raw.rstrip(b"\r\n")
@@ -241,8 +291,9 @@ def _iter_jsonl(path: Path, gz: bool, start: int, stop: int | None, offset: int)
                 pos += 1
                 offset += len(raw)
         except (OSError, EOFError, zlib.error) as exc:
-            # A truncated or corrupt gzip stream: everything read so far stands,
-            # the rest of the file is one reject at the line we could not read.
+            # A truncated or corrupt gzip stream, or a read error: everything
+            # read so far stands, the rest of the file is one reject at the
+            # first line that could not be read.
             if stop is None or pos < stop:
                 where = f"from line {pos} on" if pos > 1 else "from the start"
                 yield _Item(pos, offset, _Bad(RejectCode.UNREADABLE_FILE, f"file unreadable {where}: {exc}"))
@@ -345,7 +396,7 @@ def _check_record(data: Any) -> tuple[Conversation, str] | _Bad:
         return _Bad(code, reason, conv_id)
 
     channel = data.get("channel")
-    if channel not in {c.value for c in CONVERSATION_CHANNELS}:
+    if not isinstance(channel, str) or channel not in {c.value for c in CONVERSATION_CHANNELS}:
         return bad(RejectCode.UNKNOWN_CHANNEL, f"channel must be call or im, got {channel!r}")
     started_at = data.get("started_at")
     if not isinstance(started_at, str):
@@ -361,7 +412,7 @@ def _check_record(data: Any) -> tuple[Conversation, str] | _Bad:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             return bad(RejectCode.BAD_TURN, f"turns[{i}] must be an object, got {_short(turn)}")
-        if turn.get("speaker") not in speakers:
+        if not isinstance(turn.get("speaker"), str) or turn["speaker"] not in speakers:
             return bad(RejectCode.BAD_SPEAKER, f"turns[{i}].speaker must be agent, customer or system, got {_short(turn.get('speaker'))}")
         text = turn.get("text")
         if not isinstance(text, str) or not text.strip():

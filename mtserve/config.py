@@ -32,10 +32,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+MIB = 1024 * 1024
+
+
 class RegistrySettings(_Section):
     address: str = "127.0.0.1:50051"
     # SQLite file under home by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
     database_url: str | None = None
+    # gRPC server: each Watch stream (one per inference replica) holds a worker thread.
+    max_workers: int = Field(32, ge=2)
+    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    # How often a Watch stream re-reads the revision, to see writes made by
+    # another registry replica on the same database (local writes wake it at once).
+    watch_poll_seconds: float = Field(1.0, gt=0)
+    # Deadline of each call the CLI and other clients make to the registry.
+    client_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class InferenceSettings(_Section):
@@ -47,8 +59,17 @@ class InferenceSettings(_Section):
     max_wait_ms: float = Field(5.0, ge=0)
     queue_size: int = Field(256, ge=1)
     # Where the last-known-good copy of tasks and routes is kept, for serving
-    # through a registry outage.
+    # through a registry outage (under home by default).
     state_file: str | None = None
+    # gRPC server: a call waiting for its batch holds a worker thread.
+    max_workers: int = Field(64, ge=2)
+    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Reconnecting to the registry's Watch: exponential backoff with jitter.
+    reconnect_initial_seconds: float = Field(0.5, gt=0)
+    reconnect_max_seconds: float = Field(30.0, gt=0)
+    # Deadline of each call clients (CLI, batch scorer) make to the service.
+    client_timeout_seconds: float = Field(60.0, gt=0)
 
 
 class BatchSettings(_Section):
@@ -97,6 +118,10 @@ class Settings(_Section):
     @property
     def inference_registry_address(self) -> str:
         return self.inference.registry_address or self.registry.address
+
+    @property
+    def inference_state_file(self) -> Path:
+        return Path(self.inference.state_file).expanduser() if self.inference.state_file else self.home / "inference-state.json"
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,7 +191,11 @@ def load_settings(
     except PydanticValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        origin = "environment" if key.split(".")[0] in env_layer else source
+        origin = source
+        env_name = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
+        matches = sorted(n for n in env if n.startswith(env_name) and n != "MTSERVE_CONFIG")
+        if matches and not _nest(overrides or {}).get(str(err["loc"][0])):
+            origin = f"environment variable {matches[0]}"
         if err["type"] == "extra_forbidden":
             raise ValidationError(key, f"unknown setting (from {origin})", err.get("input"), show_value=False) from None
         raise ValidationError(key, f"{err['msg']} (from {origin})", err.get("input")) from None

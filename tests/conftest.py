@@ -84,3 +84,19 @@ def tiny_qwen(tiny_qwen_dir: Path):
 @pytest.fixture(scope="session", params=["llama", "qwen"])
 def tiny_model(request: pytest.FixtureRequest):
     return request.getfixturevalue(f"tiny_{request.param}")
+
+
+_USER_HOME = os.environ.get("MTSERVE_HOME")  # before the fixtures point it at a temp dir
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(session_home: Path) -> Path:
+    """The real SmolLM2 checkpoint: the one scripts/setup.sh prepared (read
+    only), or prepared once into the session's home."""
+    from mtserve.config import DEFAULT_HOME
+    from mtserve.models import DEFAULT_CHECKPOINT_ID, prepare_default
+
+    prepared = Path(_USER_HOME or DEFAULT_HOME).expanduser() / "checkpoints" / DEFAULT_CHECKPOINT_ID
+    if (prepared / "manifest.json").exists():
+        return prepared
+    return prepare_default(session_home / "checkpoints")

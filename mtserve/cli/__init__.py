@@ -8,6 +8,7 @@ the workers; it imports their clients inside the commands that need them, so
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -64,7 +65,7 @@ def _register() -> None:
     # Each noun lives in its own module; importing it attaches its commands.
     from mtserve.cli import core  # noqa: F401
 
-    for optional in ("registry", "serve", "train", "batch", "logs", "bench"):
+    for optional in ("registry", "serve", "train", "batch", "logs", "bench", "demo"):
         try:
             __import__(f"mtserve.cli.{optional}")
         except ModuleNotFoundError as exc:
@@ -78,6 +79,13 @@ _register()
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: domain errors become one line on stderr and exit code 2,
     never a traceback."""
+    # Library progress bars (weights loading) would interleave with ours and
+    # with one-line errors; offline is the only mode this machine has.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "transformers" in sys.modules:  # already imported (in-process callers): switch its bars off too
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         app(args=argv, standalone_mode=False)
     except MtserveError as exc:

@@ -13,7 +13,7 @@ import typer
 
 from mtserve.cli import app, fail, settings
 from mtserve.errors import MtserveError, NotFoundError, ValidationError
-from mtserve.inputs import Input, input_from_dict
+from mtserve.inputs import Input, check_task_accepts, input_from_dict
 from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
 
 models_app = typer.Typer(help="Prepare, import and list model checkpoints (local files).", no_args_is_help=True)
@@ -159,6 +159,8 @@ def classify(
     s = settings()
     cat = load_catalogue(catalogue or builtin_catalogue_path("hotel"))
     tasks = pick_tasks(cat, task, inp)
+    for t in tasks:  # refuse a mismatched input before spending seconds on loading the model
+        check_task_accepts(t, inp)
     path = resolve_model_path(model, s.checkpoints_root)
     try:
         loaded = load_checkpoint(path, device=s.device, dtype=s.dtype, root=s.checkpoints_root)

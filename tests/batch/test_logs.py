@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,11 @@ def test_bad_speaker(tmp_path: Path) -> None:
     assert "bot" in r.reason
 
 
+def test_unhashable_values_are_rejects_not_crashes(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "a.jsonl", [rec("c1", ["call"]), rec("c2", turns=[{"speaker": {"x": 1}, "text": "hi"}]), rec(["c3"])])
+    assert [r.code for r in results(tmp_path)] == [RejectCode.UNKNOWN_CHANNEL, RejectCode.BAD_SPEAKER, RejectCode.MISSING_ID]
+
+
 def test_bad_turn(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "a.jsonl", [rec("c1", turns=["hello"])])
     assert only_reject(tmp_path).code is RejectCode.BAD_TURN
@@ -247,14 +253,23 @@ def test_gzip(tmp_path: Path) -> None:
     assert [(type(r).__name__, r.line) for r in out] == [("LogRecord", 1), ("Reject", 2), ("LogRecord", 3)]
 
 
-def test_truncated_gzip_keeps_what_was_read(tmp_path: Path) -> None:
+def test_truncated_gzip_keeps_every_complete_line(tmp_path: Path) -> None:
     data = gzip.compress(b"".join(line(rec(f"c{i}")) for i in range(200)))
-    (tmp_path / "a.jsonl.gz").write_bytes(data[: len(data) * 2 // 3])
+    cut = data[: len(data) * 2 // 3]
+    (tmp_path / "a.jsonl.gz").write_bytes(cut)
+    complete = zlib.decompressobj(31).decompress(cut).count(b"\n")  # what survives the cut
     out = results(tmp_path)
-    good = [r for r in out if isinstance(r, LogRecord)]
-    rejects = [r for r in out if isinstance(r, Reject)]
-    assert len(good) > 10
-    assert [r.code for r in rejects][-1] is RejectCode.UNREADABLE_FILE
+    assert [r.conversation_id for r in out[:-1]] == [f"c{i}" for i in range(complete)]
+    last = out[-1]
+    assert isinstance(last, Reject) and last.code is RejectCode.UNREADABLE_FILE
+    assert last.line == complete + 1
+
+
+def test_multi_member_gzip_and_empty_gzip(tmp_path: Path) -> None:
+    # `cat a.gz b.gz > c.gz` is a valid gzip file: both members are read.
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(line(rec("c1"))) + gzip.compress(line(rec("c2")) + line(rec("c3"))))
+    (tmp_path / "b.jsonl.gz").write_bytes(b"")
+    assert [r.conversation_id for r in results(tmp_path)] == ["c1", "c2", "c3"]
 
 
 def test_not_gzip_at_all(tmp_path: Path) -> None:
@@ -341,6 +356,8 @@ def messy_day(folder: Path) -> None:
         f.write(b"".join(line(rec(f"g{i}")) for i in range(7)) + line(rec("c3")) + b"\n" + line(rec("g8", turns=[])))
     write_parquet(folder / "c.parquet", [rec(f"p{i}") for i in range(9)] + [rec("g2"), rec("p10", "fax"), rec("p11")], row_group_size=4)
     (folder / "d.parquet").write_bytes(b"garbage")
+    data = gzip.compress(b"".join(line(rec(f"t{i}")) for i in range(40)))
+    (folder / "d2.jsonl.gz").write_bytes(data[: len(data) * 2 // 3])  # truncated: the tail is one reject
     write_jsonl(folder / "e.jsonl", [rec("p3"), rec("e1", "im")])
 
 

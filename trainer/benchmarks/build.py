@@ -41,6 +41,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -186,10 +187,23 @@ def catalogue(names: Sequence[str] | None = None) -> Catalogue:
 # -- validation and writing ----------------------------------------------------------
 
 
+# The fields a data line may hold, per input kind (the project's data format):
+# input fields, then id and label | target.
+LINE_FIELDS = {
+    "text": {"text", "channel"},
+    "text_pair": {"text", "text_b", "channel"},
+    "conversation": {"channel", "turns", "conversation_id", "metadata"},
+}
+
+
 def validate_example(task: Task, example: dict[str, Any], where: str) -> None:
     """Parse the input as every reader does and check the answer fits the task."""
     if not isinstance(example.get("id"), str) or not example["id"]:
         raise ValidationError(f"{where}.id", "must be a non-empty string", example.get("id"))
+    allowed = LINE_FIELDS[task.input_kind.value] | {"id", "target" if task.is_generation else "label"}
+    unknown = sorted(set(example) - allowed)
+    if unknown:
+        raise ValidationError(where, f"unknown field(s); a {task.input_kind.value} line has {sorted(allowed)}", unknown)
     fields = {k: v for k, v in example.items() if k not in ("id", "label", "target")}
     inp = input_from_dict(fields, where)
     check_task_accepts(task, inp, where)
@@ -221,31 +235,32 @@ def _write(path: Path, data: bytes) -> str:
     return sha256_bytes(data)
 
 
-def build_benchmark(
-    out_dir: str | Path,
-    *,
-    max_train: int = DEFAULT_CAPS["train"],
-    max_dev: int = DEFAULT_CAPS["dev"],
-    max_test: int = DEFAULT_CAPS["test"],
-    seed: int = DEFAULT_SEED,
-    tasks: Sequence[str] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Build every task (or the named ones) into `out_dir`; returns the manifest."""
-    caps = {"train": max_train, "dev": max_dev, "test": max_test}
-    for split, cap in caps.items():
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise ValidationError(f"max_{split}", "must be a positive integer", cap)
-    if tasks is not None:
-        unknown = sorted(set(tasks) - set(TASK_NAMES))
-        if unknown:
-            raise ValidationError("tasks", f"unknown task(s); available: {list(TASK_NAMES)}", unknown)
-    wanted = list(TASK_NAMES) if tasks is None else [n for n in TASK_NAMES if n in tasks]
-    cat = catalogue(wanted)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    log = log or (lambda msg: None)
+@dataclass
+class Prepared:
+    """Every wanted task's examples, deduped and ordered, before caps."""
 
+    seed: int
+    catalogue: Catalogue
+    tasks: dict[str, TaskData]
+    sources: dict[str, Any]
+
+
+def _check_tasks(tasks: Sequence[str] | None) -> list[str]:
+    if tasks is None:
+        return list(TASK_NAMES)
+    unknown = sorted(set(tasks) - set(TASK_NAMES))
+    if unknown:
+        raise ValidationError("tasks", f"unknown task(s); available: {list(TASK_NAMES)}", unknown)
+    return [n for n in TASK_NAMES if n in tasks]
+
+
+def prepare(
+    *, seed: int = DEFAULT_SEED, tasks: Sequence[str] | None = None, log: Callable[[str], None] | None = None
+) -> Prepared:
+    """Read the source packages and make every wanted task's splits (the slow
+    part; `write_benchmark` then caps, validates and writes)."""
+    wanted = _check_tasks(tasks)
+    log = log or (lambda msg: None)
     built: dict[str, TaskData] = {}
     sources: dict[str, Any] = {}
     for module, names in SOURCES:
@@ -259,10 +274,34 @@ def build_benchmark(
                 built[data.name] = data
         log(f"{info['package']} {info['version']}: {', '.join(n for n in names if n in wanted)} "
             f"prepared in {time.perf_counter() - t0:.1f}s")
+    return Prepared(seed=seed, catalogue=catalogue(wanted), tasks={n: built[n] for n in wanted},
+                    sources=dict(sorted(sources.items())))
 
+
+def _caps(max_train: int, max_dev: int, max_test: int) -> dict[str, int]:
+    caps = {"train": max_train, "dev": max_dev, "test": max_test}
+    for split, cap in caps.items():
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValidationError(f"max_{split}", "must be a positive integer", cap)
+    return caps
+
+
+def write_benchmark(
+    prepared: Prepared,
+    out_dir: str | Path,
+    *,
+    max_train: int = DEFAULT_CAPS["train"],
+    max_dev: int = DEFAULT_CAPS["dev"],
+    max_test: int = DEFAULT_CAPS["test"],
+) -> dict[str, Any]:
+    """Cap, validate and write prepared tasks; returns the manifest."""
+    caps = _caps(max_train, max_dev, max_test)
+    cat = prepared.catalogue
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     manifest_tasks: dict[str, Any] = {}
-    for name in wanted:
-        task, data = cat.task(name), built[name]
+    for name, data in prepared.tasks.items():
+        task = cat.task(name)
         files: dict[str, Any] = {}
         counts: dict[str, int] = {}
         for split in SPLITS:
@@ -300,13 +339,29 @@ def build_benchmark(
         "builder": "trainer.benchmarks.build",
         "builder_version": BUILDER_VERSION,
         "catalogue": {"path": "catalogue.yaml", "name": CATALOGUE_NAME, "sha256": cat_sha},
-        "seed": seed,
+        "seed": prepared.seed,
         "caps": caps,
-        "sources": dict(sorted(sources.items())),
+        "sources": prepared.sources,
         "tasks": manifest_tasks,
     }
     _write(out / "manifest.json", (json.dumps(manifest, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return manifest
+
+
+def build_benchmark(
+    out_dir: str | Path,
+    *,
+    max_train: int = DEFAULT_CAPS["train"],
+    max_dev: int = DEFAULT_CAPS["dev"],
+    max_test: int = DEFAULT_CAPS["test"],
+    seed: int = DEFAULT_SEED,
+    tasks: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Build every task (or the named ones) into `out_dir`; returns the manifest."""
+    _caps(max_train, max_dev, max_test)  # fail before the slow part
+    prepared = prepare(seed=seed, tasks=tasks, log=log)
+    return write_benchmark(prepared, out_dir, max_train=max_train, max_dev=max_dev, max_test=max_test)
 
 
 def summary_table(manifest: dict[str, Any]) -> str:

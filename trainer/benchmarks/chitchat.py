@@ -30,7 +30,9 @@ partner never answered) and with fewer than 4 turns.
 next-utterance (binary, text pair): Text A = the last (up to) 3 turns before
 a turn, one per line as "Speaker 1: ..." / "Speaker 2: ...", where Speaker 2
 is the one who speaks next; Text B = the true next turn (yes) or a turn drawn
-at random from another conversation of the same split (no). Every
+at random from another conversation of the same split and unlike any turn
+of this one (no). (A text-pair line has no field for the conversation id, so
+the examples do not carry it.) Every
 conversation with two senders and at least 3 turns is used (ratings play no
 part, so unrated and all-5 conversations are in); positions need at least 2
 turns of context and a next turn of at least 4 words (short replies such as
@@ -207,13 +209,14 @@ def _next_utterance(conversations: list, seed: int) -> TaskData:
         positions.sort(key=lambda i: hash_unit(seed, "position", cid, i))
         not_sampled += max(0, len(positions) - POSITIONS_PER_CONVERSATION)
         pool = pools[split]
+        own = {norm_key(text) for _, text in turns}
         for i in sorted(positions[:POSITIONS_PER_CONVERSATION]):
             responder, true_next = turns[i]
             context = _render_context(turns[max(0, i - CONTEXT_TURNS):i], responder)
             rng = random.Random(int(hash_unit(seed, "negative", cid, i) * 2**52))
             for _ in range(1000):
                 other_cid, negative = pool[rng.randrange(len(pool))]
-                if other_cid != cid and norm_key(negative) != norm_key(true_next):
+                if other_cid != cid and norm_key(negative) not in own:
                     break
             else:  # pragma: no cover - a split pool holds thousands of turns
                 raise RuntimeError(f"next-utterance: no negative found for {cid} in {split}")

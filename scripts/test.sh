@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite: every tier except the long
+# benchmarks. Extra arguments go to pytest, e.g. `bash scripts/test.sh -x -k engine`.
+# The fast tier alone: `.venv/bin/pytest` (pyproject's default skips `slow`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/pytest -m "not bench" "$@"

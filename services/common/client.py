@@ -1,0 +1,120 @@
+"""What every mtserve gRPC client shares: a channel whose service config
+retries UNAVAILABLE (and nothing else), explicit message sizes, keepalive,
+and the mapping of a failed call back to a domain error that names the
+server, the status and the server's message.
+
+Clients always pass a deadline (`timeout=`) on every call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NoReturn, Sequence
+
+import grpc
+
+from mtserve.errors import (
+    IntegrityError,
+    MtserveError,
+    NotFoundError,
+    OverloadedError,
+    PreconditionError,
+    UnavailableError,
+    ValidationError,
+)
+
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class RemoteError(MtserveError):
+    """A call that failed on the server (or never reached it). Subclasses also
+    derive from the matching domain error, so `except NotFoundError` works the
+    same for a local store and a remote registry."""
+
+    def __init__(self, server: str, address: str, code: grpc.StatusCode, details: str):
+        self.server, self.address, self.code, self.details = server, address, code, details
+        # ValidationError's attributes, for callers that read them.
+        self.field, self.rule, self.value = server, details, None
+        Exception.__init__(self, f"{server} at {address}: {code.name}: {details}")
+
+
+class RemoteInvalidArgument(RemoteError, ValidationError):
+    pass
+
+
+class RemoteNotFound(RemoteError, NotFoundError):
+    pass
+
+
+class RemotePrecondition(RemoteError, PreconditionError):
+    pass
+
+
+class RemoteOverloaded(RemoteError, OverloadedError):
+    pass
+
+
+class RemoteUnavailable(RemoteError, UnavailableError):
+    pass
+
+
+_ERROR_OF = {
+    grpc.StatusCode.INVALID_ARGUMENT: RemoteInvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: RemoteInvalidArgument,
+    grpc.StatusCode.NOT_FOUND: RemoteNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: RemotePrecondition,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RemoteOverloaded,
+    grpc.StatusCode.UNAVAILABLE: RemoteUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: RemoteUnavailable,
+}
+
+
+def raise_remote(exc: grpc.RpcError, server: str, address: str) -> NoReturn:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        details = f"no answer within the deadline ({details})"
+    raise _ERROR_OF.get(code, RemoteError)(server, address, code, details) from None
+
+
+def service_config(service: str, *, no_retry: Sequence[str] = ()) -> dict[str, Any]:
+    """Retry UNAVAILABLE only (the server never started the call, or is
+    draining), with exponential backoff. Methods in `no_retry` are not
+    idempotent and are never retried."""
+    retry = {
+        "maxAttempts": 4,
+        "initialBackoff": "0.2s",
+        "maxBackoff": "2s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    configs: list[dict[str, Any]] = [{"name": [{"service": service}], "retryPolicy": retry}]
+    if no_retry:
+        configs.append({"name": [{"service": service, "method": m} for m in no_retry]})
+    return {"methodConfig": configs}
+
+
+def make_channel(
+    address: str,
+    service: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    no_retry: Sequence[str] = (),
+    keepalive: bool = False,
+) -> grpc.Channel:
+    options: list[tuple[str, Any]] = [
+        ("grpc.service_config", json.dumps(service_config(service, no_retry=no_retry))),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    if keepalive:
+        # A long-lived stream (Watch) notices a vanished peer within ~30 s
+        # instead of waiting on a dead TCP connection forever.
+        options += [
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+    return grpc.insecure_channel(address, options=options)

@@ -1,0 +1,105 @@
+"""The checkpoint format: manifests, hash verification, no pickle."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+
+from mtserve.checkpoints import list_checkpoints, read_manifest, staging_dir, verify_checkpoint, write_manifest
+from mtserve.errors import IntegrityError, ValidationError
+from mtserve.models import load_checkpoint
+
+
+def make(tmp_path, name="ck"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "config.json").write_text("{}")
+    write_manifest(folder, id=name, tasks=[{"name": "rc-a", "version": 2}], metrics={"rc-a": {"accuracy": 0.9}})
+    return folder
+
+
+def test_manifest_lists_every_file_with_its_hash(tmp_path):
+    folder = make(tmp_path)
+    m = verify_checkpoint(folder)
+    assert set(m.files) == {"model.safetensors", "config.json"}
+    assert m.task_versions() == {"rc-a": 2} and m.format == "mtserve.checkpoint/1" and m.created_at
+
+
+def test_tampered_file_is_refused_naming_it(tmp_path):
+    folder = make(tmp_path)
+    (folder / "model.safetensors").write_bytes(b"other weights")
+    with pytest.raises(IntegrityError, match="model.safetensors has sha256"):
+        verify_checkpoint(folder)
+
+
+def test_missing_and_unlisted_files_are_refused(tmp_path):
+    folder = make(tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(IntegrityError, match="config.json is listed in the manifest but missing"):
+        verify_checkpoint(folder)
+    folder = make(tmp_path, "ck2")
+    (folder / "extra.txt").write_text("x")
+    with pytest.raises(IntegrityError, match="extra.txt is not listed"):
+        verify_checkpoint(folder)
+
+
+@pytest.mark.parametrize("name,content", [
+    ("model.bin", b"anything"),
+    ("weights.safetensors", pickle.dumps({"a": 1}, protocol=4)),  # a pickle under an innocent name
+])
+def test_pickle_files_are_refused(tmp_path, name, content):
+    folder = make(tmp_path)
+    (folder / name).write_bytes(content)
+    with pytest.raises(IntegrityError, match=f"refusing {name}: pickle"):
+        verify_checkpoint(folder)
+    with pytest.raises(IntegrityError, match="is a pickle file"):
+        write_manifest(folder, id="ck")
+
+
+def test_bad_manifest_fields(tmp_path):
+    folder = make(tmp_path)
+    data = json.loads((folder / "manifest.json").read_text())
+    data["id"] = "Bad Id"
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError, match="id: must match"):
+        read_manifest(folder)
+    data["id"], data["surprise"] = "ck", 1
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError, match="surprise: unknown manifest key"):
+        read_manifest(folder)
+
+
+def test_staging_dir_is_atomic_and_immutable(tmp_path):
+    final = tmp_path / "root" / "ck"
+    with pytest.raises(RuntimeError):
+        with staging_dir(final) as tmp:
+            (tmp / "half").write_text("x")
+            raise RuntimeError("crash mid-write")
+    assert not final.exists() and list((tmp_path / "root").iterdir()) == []
+    with staging_dir(final) as tmp:
+        (tmp / "f").write_text("x")
+    assert (final / "f").exists()
+    with pytest.raises(IntegrityError, match="already exists"):
+        with staging_dir(final) as tmp:
+            pass
+
+
+def test_list_checkpoints_skips_non_checkpoints(tmp_path):
+    make(tmp_path, "a1")
+    (tmp_path / "junk").mkdir()
+    assert [m.id for m in list_checkpoints(tmp_path)] == ["a1"]
+
+
+def test_loading_a_tampered_model_refuses(tiny_llama_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tiny-copy"
+    shutil.copytree(tiny_llama_dir, copy)
+    with open(copy / "model.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(IntegrityError, match="model.safetensors"):
+        load_checkpoint(copy, device="cpu")

@@ -1,0 +1,257 @@
+"""Loading a task's JSONL data: every kind of bad line is reported by file and
+line number, the other lines still load, nothing is dropped silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtserve.errors import ValidationError
+from mtserve.inputs import Conversation, Speaker, Text, TextPair
+from mtserve.tasks import Channel, parse_task
+from trainer.data import BadLine, Example, check_no_bad_lines, example_id, load_split, load_task_data
+
+CALL = {"channel": "call", "turns": [{"speaker": "customer", "text": "my booking was cancelled"}, {"speaker": "agent", "text": "sorry"}]}
+PAIR_TASK = parse_task(
+    {
+        "name": "nli",
+        "instruction": "Does text B follow from text A? Answer {labels}.",
+        "input_kind": "text_pair",
+        "taxonomy": "binary",
+        "channels": ["review"],
+        "labels": ["yes", "no"],
+    }
+)
+
+
+def write(path: Path, *lines: str | bytes) -> Path:
+    data = b"".join((ln if isinstance(ln, bytes) else ln.encode("utf-8")) + b"\n" for ln in lines)
+    path.write_bytes(data)
+    return path
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def load_one(task, tmp_path: Path, *lines) -> tuple[list[Example], list[BadLine], Path]:
+    path = write(tmp_path / "train.jsonl", *lines)
+    split = load_split(task, path, "train")
+    return split.examples, split.bad_lines, path
+
+
+def assert_bad(bad: list[BadLine], path: Path, line: int, *words: str) -> None:
+    assert [b.line for b in bad] == [line], bad
+    text = str(bad[0])
+    assert text.startswith(f"{path}:{line}: "), text
+    for word in words:
+        assert word in text, text
+
+
+GOOD = dumps({"text": "Please move my booking", "channel": "email", "label": "booking_change"})
+
+
+# -- good files --------------------------------------------------------------------
+
+
+def test_text_file_loads_with_ids_and_hash(hotel, tmp_path):
+    ec = hotel.task("ec")
+    path = write(tmp_path / "train.jsonl", dumps({"id": "a", "text": "Invoice please", "label": "invoice"}), GOOD, "")
+    split = load_split(ec, path, "train")
+    assert split.ok and len(split) == 2
+    assert split.examples[0] == Example("a", Text("Invoice please"), "invoice")
+    assert split.examples[1].input == Text("Please move my booking", Channel.EMAIL)
+    assert split.examples[1].id == example_id(json.loads(GOOD))  # stable hash of the content
+    assert split.sha256 == __import__("hashlib").sha256(path.read_bytes()).hexdigest()
+    assert split.label_counts() == {"invoice": 1, "booking_change": 1}
+
+
+def test_hash_id_ignores_formatting():
+    a = {"text": "x", "label": "y"}
+    assert example_id(a) == example_id({"label": "y", "text": "x"}) == example_id({**a, "id": "given"})
+    assert example_id(a) != example_id({"text": "x", "label": "z"})
+
+
+def test_conversation_and_pair_files(hotel, tmp_path):
+    examples, bad, _ = load_one(hotel.task("rc-a"), tmp_path, dumps({**CALL, "conversation_id": "c1", "label": "yes"}))
+    assert not bad and isinstance(examples[0].input, Conversation)
+    assert examples[0].input.turns[0].speaker is Speaker.CUSTOMER and examples[0].input.conversation_id == "c1"
+    examples, bad, _ = load_one(PAIR_TASK, tmp_path, dumps({"text": "a", "text_b": "b", "label": "no"}))
+    assert not bad and examples[0].input == TextPair("a", "b") and examples[0].gold == "no"
+
+
+def test_multilabel_file(hotel, tmp_path):
+    rtc = hotel.task("rtc")
+    examples, bad, _ = load_one(
+        rtc,
+        tmp_path,
+        dumps({"text": "Dirty and noisy", "label": ["noise", "cleanliness"]}),
+        dumps({"text": "Fine stay", "label": []}),  # none applies: a valid answer
+    )
+    assert not bad
+    assert examples[0].label == ("cleanliness", "noise")  # task order
+    assert examples[1].gold == ()
+
+
+def test_generation_file(hotel, tmp_path):
+    cs = hotel.task("cs")
+    examples, bad, _ = load_one(cs, tmp_path, dumps({**CALL, "target": "Booking cancelled; agent apologised."}))
+    assert not bad and examples[0].label is None and examples[0].gold == "Booking cancelled; agent apologised."
+
+
+# -- one test per kind of bad line -------------------------------------------------------
+
+
+def test_unknown_label(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, GOOD, dumps({"text": "hi", "label": "refund"}))
+    assert_bad(bad, path, 2, "unknown label 'refund'", "booking_change")
+
+
+def test_unknown_label_in_multilabel_list(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("rtc"), tmp_path, dumps({"text": "hi", "label": ["noise", "wifi"]}))
+    assert_bad(bad, path, 1, "unknown label 'wifi'")
+
+
+def test_multilabel_needs_a_list(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("rtc"), tmp_path, dumps({"text": "hi", "label": "noise"}))
+    assert_bad(bad, path, 1, "list of label names")
+
+
+def test_single_label_task_refuses_a_list(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, dumps({"text": "hi", "label": ["invoice"]}))
+    assert_bad(bad, path, 1, "one label name")
+
+
+def test_missing_label(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, GOOD, GOOD.replace("email", "email", 1), dumps({"text": "hi"}))
+    # line 2 duplicates line 1 (same content -> same hash id): also reported
+    assert [b.line for b in bad] == [2, 3]
+    assert "duplicate id" in bad[0].reason and "line 1" in bad[0].reason
+    assert "missing field 'label'" in bad[1].reason
+
+
+def test_missing_target(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("cs"), tmp_path, dumps(CALL))
+    assert_bad(bad, path, 1, "missing field 'target'")
+
+
+def test_label_on_generation_task(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("cs"), tmp_path, dumps({**CALL, "target": "x", "label": "yes"}))
+    assert_bad(bad, path, 1, "'label' does not belong")
+
+
+def test_missing_input_field(tmp_path):
+    _, bad, path = load_one(PAIR_TASK, tmp_path, dumps({"text": "a", "text_b": "b", "label": "no"}), dumps({"text": "a", "label": "no"}))
+    assert_bad(bad, path, 2, "missing field 'text_b'")
+
+
+def test_missing_channel_of_conversation(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("rc-a"), tmp_path, dumps({"turns": CALL["turns"], "label": "yes"}))
+    assert_bad(bad, path, 1, "missing field 'channel'")
+
+
+def test_empty_text(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, dumps({"text": "   ", "label": "other"}))
+    assert_bad(bad, path, 1, "must not be empty")
+
+
+def test_empty_turn_text(hotel, tmp_path):
+    turns = [{"speaker": "customer", "text": ""}]
+    _, bad, path = load_one(hotel.task("rc-a"), tmp_path, dumps({"channel": "call", "turns": turns, "label": "yes"}))
+    assert_bad(bad, path, 1, "turns[0].text", "must not be empty")
+
+
+def test_empty_target(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("cs"), tmp_path, dumps({**CALL, "target": " "}))
+    assert_bad(bad, path, 1, "target must be a non-empty string")
+
+
+def test_wrong_input_kind(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, GOOD, dumps({**CALL, "label": "other"}))
+    assert_bad(bad, path, 2, "wrong input kind", "reads text input", "conversation")
+
+
+def test_channel_not_served(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("rc-a"), tmp_path, dumps({**CALL, "channel": "im", "label": "yes"}))
+    assert_bad(bad, path, 1, "channel 'im' is not served by task 'rc-a'")
+
+
+def test_text_channel_not_served(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, dumps({"text": "x", "channel": "review", "label": "other"}))
+    assert_bad(bad, path, 1, "channel 'review' is not served")
+
+
+def test_unknown_field(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, dumps({"text": "x", "lable": "other", "label": "other"}))
+    assert_bad(bad, path, 1, "unknown field(s) ['lable']")
+
+
+def test_invalid_json(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, GOOD, '{"text": "x", "label": "other"')
+    assert_bad(bad, path, 2, "invalid JSON")
+
+
+def test_not_an_object(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, '["x", "other"]')
+    assert_bad(bad, path, 1, "JSON object")
+
+
+def test_bad_id(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, dumps({"id": "", "text": "x", "label": "other"}))
+    assert_bad(bad, path, 1, "id must be")
+
+
+def test_duplicate_id(hotel, tmp_path):
+    lines = [dumps({"id": "7", "text": t, "label": "other"}) for t in ("a", "b")]
+    _, bad, path = load_one(hotel.task("ec"), tmp_path, *lines)
+    assert_bad(bad, path, 2, "duplicate id '7' (first on line 1)")
+
+
+def test_invalid_utf8_in_the_middle_spoils_only_its_line(hotel, tmp_path):
+    ec = hotel.task("ec")
+    middle = b'{"text": "caf\xe9 au lait", "label": "other"}'  # latin-1 byte, not UTF-8
+    examples, bad, path = load_one(ec, tmp_path, dumps({"text": "我的发票", "label": "invoice"}), middle, dumps({"text": "last", "label": "payment"}))
+    assert_bad(bad, path, 2, "invalid UTF-8")
+    assert [e.gold for e in examples] == ["invoice", "payment"]
+    assert examples[0].input.text == "我的发票"
+
+
+def test_every_line_is_accounted_for(hotel, tmp_path):
+    ec = hotel.task("ec")
+    lines = [GOOD, "{", dumps({"text": "", "label": "x"}), dumps({"text": "ok", "label": "other"})]
+    examples, bad, _ = load_one(ec, tmp_path, *lines)
+    assert len(examples) + len(bad) == len(lines)
+
+
+# -- folders and the refusal --------------------------------------------------------------
+
+
+def test_load_task_data_splits(hotel, tmp_path):
+    ec = hotel.task("ec")
+    write(tmp_path / "train.jsonl", GOOD)
+    write(tmp_path / "dev.jsonl", dumps({"text": "x", "label": "other"}))
+    data = load_task_data(ec, tmp_path)
+    assert sorted(data) == ["dev", "train"]  # no test file: absent, not an error
+    assert data["dev"].split == "dev" and data["dev"].task == "ec"
+
+
+def test_missing_train_is_an_error(hotel, tmp_path):
+    write(tmp_path / "dev.jsonl", GOOD)
+    with pytest.raises(ValidationError, match="needs a train split"):
+        load_task_data(hotel.task("ec"), tmp_path)
+
+
+def test_check_no_bad_lines_lists_file_line_and_count(hotel, tmp_path):
+    ec = hotel.task("ec")
+    write(tmp_path / "train.jsonl", GOOD, *["{"] * 30)
+    write(tmp_path / "dev.jsonl", dumps({"text": "x", "label": "nope"}))
+    data = load_task_data(ec, tmp_path)
+    check_no_bad_lines([])  # nothing to refuse
+    with pytest.raises(ValidationError) as info:
+        check_no_bad_lines(data.values(), limit=5)
+    message = str(info.value)
+    assert "31 bad line(s) in 2 file(s)" in message
+    assert f"{tmp_path / 'train.jsonl'}:2: invalid JSON" in message
+    assert "... and 26 more" in message
