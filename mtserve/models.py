@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,10 @@ def load_checkpoint(
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"model folder {str(folder)!r} does not exist")
+    if not (folder / "manifest.json").exists():
+        return _load_plain_folder(folder, device=device, dtype=dtype)
     manifest = verify_checkpoint(folder) if verify else read_manifest(folder)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -120,6 +125,28 @@ def load_checkpoint(
         tok_dir = folder
     model.to(dev).eval()
     return LoadedModel(model=model, tokenizer=load_tokenizer(tok_dir), manifest=manifest, path=folder)
+
+
+def _load_plain_folder(folder: Path, *, device: str, dtype: str) -> LoadedModel:
+    """A Hugging Face causal-LM folder without an mtserve manifest (accepted by
+    path, unverified: there are no hashes to check). Any failure to read it is
+    one clear error, not a library traceback."""
+    from transformers import AutoModelForCausalLM
+
+    if not (folder / "config.json").exists():
+        raise ValidationError("model", "is neither an mtserve checkpoint (no manifest.json) nor a Hugging Face model folder (no config.json)", str(folder))
+    dev = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=resolve_dtype(dtype, dev), attn_implementation="sdpa", local_files_only=True, use_safetensors=True
+        )
+        tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValidationError("model", f"cannot load the model folder ({first_line})", str(folder)) from None
+    slug = re.sub(r"[^a-z0-9._-]+", "-", folder.name.lower()).strip("-._") or "model"
+    manifest = Manifest(id=slug[:128], base={"origin": str(folder)}, description="plain Hugging Face folder, not verified")
+    return LoadedModel(model=model.to(dev).eval(), tokenizer=tokenizer, manifest=manifest, path=folder)
 
 
 def resolve_model_path(model: str | None, checkpoints_root: Path) -> Path:

@@ -79,7 +79,25 @@ def test_unreadable_model_folder(capsys, tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     code, _, err = run(capsys, "classify", "--model", str(broken), "-t", "ec", "--text", "hi", "--channel", "email")
-    assert code == 2 and "no manifest.json" in err and "Traceback" not in err
+    assert code == 2 and "cannot load the model folder" in err and "Traceback" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "classify", "--model", str(empty), "-t", "ec", "--text", "hi", "--channel", "email")
+    assert code == 2 and "nor a Hugging Face model folder" in err
+
+
+def test_a_plain_hugging_face_folder_is_accepted_by_path(capsys, tiny_llama_dir, tmp_path):
+    import shutil
+
+    plain = tmp_path / "Plain Model"
+    shutil.copytree(tiny_llama_dir, plain)
+    (plain / "manifest.json").unlink()
+    try:
+        main(["classify", "--model", str(plain), "-t", "ec", "--text", "invoice please", "--channel", "email", "--json"])
+    except SystemExit as exc:
+        assert exc.code in (None, 0)
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["checkpoint"] == "plain-model" and rows[0]["label"] in rows[0]["scores"]
 
 
 def test_real_process_prints_no_traceback(tmp_path):
