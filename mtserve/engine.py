@@ -216,8 +216,8 @@ class Engine:
         for chunk in _pack(lengths, self.max_batch_tokens):
             qs = [queries[k] for k in chunk]
             parents = torch.tensor([row_of[q.prefix] for q in qs], device=self.device)
-            logits, cache2, mask2, last = self._extend(_select(cache, parents), mask.index_select(0, parents), [list(q.suffix) for q in qs])
-            first = torch.log_softmax(logits[torch.arange(len(qs)), last].float(), dim=-1)
+            logits, cache2, mask2 = self._extend(_select(cache, parents), mask.index_select(0, parents), [list(q.suffix) for q in qs], last_only=True)
+            first = torch.log_softmax(logits.float(), dim=-1)
             self._score_labels([q for q in qs if q.trie is not None], qs, first, cache2, mask2)
             gen = [k for k, q in enumerate(qs) if q.trie is None]
             if gen:
@@ -242,7 +242,7 @@ class Engine:
             sel = [rows[k] for k in chunk]
             parents = torch.tensor([r for _, _, r in sel], device=self.device)
             tokens = [list(q.trie.paths[j][:-1]) for q, j, _ in sel]  # type: ignore[union-attr]
-            logits, _, _, _ = self._extend(_select(cache, parents), mask.index_select(0, parents), tokens)
+            logits, _, _ = self._extend(_select(cache, parents), mask.index_select(0, parents), tokens)
             logp = torch.log_softmax(logits.float(), dim=-1)
             for r, (q, j, _) in enumerate(sel):
                 path = q.trie.paths[j]  # type: ignore[union-attr]
@@ -265,8 +265,8 @@ class Engine:
                 return
             keep = torch.tensor([live.index(k) for k in still], device=self.device)
             cache, mask = _select(cache, keep), mask.index_select(0, keep)
-            logits, cache, mask, _ = self._extend(cache, mask, [[qs[k].generated[-1]] for k in still])
-            next_tokens = logits[:, -1].argmax(dim=-1).tolist()
+            logits, cache, mask = self._extend(cache, mask, [[qs[k].generated[-1]] for k in still], last_only=True)
+            next_tokens = logits.argmax(dim=-1).tolist()
             live = still
 
     def _forward_prefixes(self, prefixes: list[tuple[int, ...]]) -> tuple[DynamicCache, torch.Tensor]:
@@ -283,10 +283,11 @@ class Engine:
         return cache, mask
 
     def _extend(
-        self, cache: DynamicCache, mask: torch.Tensor, tokens: list[list[int]]
-    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor]:
+        self, cache: DynamicCache, mask: torch.Tensor, tokens: list[list[int]], *, last_only: bool = False
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
         """Append right-padded token rows to cached rows; returns the logits of
-        the new positions, the grown cache and mask, and each row's last real position."""
+        the new positions ([rows, width, vocab]; with `last_only`, of each row's
+        last real token: [rows, vocab]), the grown cache and the grown mask."""
         width = max(len(t) for t in tokens)
         ids = torch.full((len(tokens), width), self.pad_id, dtype=torch.long)
         new_mask = torch.zeros((len(tokens), width), dtype=torch.long)
@@ -295,11 +296,23 @@ class Engine:
             new_mask[r, : len(t)] = 1
         full_mask = torch.cat([mask, new_mask.to(mask.device)], dim=1)
         positions = _positions(full_mask)[:, -width:]
+        last = [len(t) - 1 for t in tokens]
+        # Only the positions some row needs go through the vocabulary
+        # projection: at level 2 that is one per row, not the whole suffix.
+        keep = sorted(set(last)) if last_only else list(range(width))
         out = self.model(
-            input_ids=ids.to(self.device), attention_mask=full_mask, position_ids=positions, past_key_values=cache, use_cache=True
+            input_ids=ids.to(self.device),
+            attention_mask=full_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, device=self.device),
         )
-        last = torch.tensor([len(t) - 1 for t in tokens], device=self.device)
-        return out.logits, out.past_key_values, full_mask, last
+        logits = out.logits
+        if last_only:
+            column = {pos: k for k, pos in enumerate(keep)}
+            logits = logits[torch.arange(len(tokens)), torch.tensor([column[p] for p in last])]
+        return logits, out.past_key_values, full_mask
 
 
 def _distribution(q: _Query) -> list[float]:

@@ -161,6 +161,8 @@ def _parse_input(task: Task, record: Mapping[str, Any]) -> Input:
         inp = input_from_dict(fields, where="input")
     except MtserveError as exc:  # empty text, unknown channel or speaker, ...
         raise _BadExample(str(exc)) from None
+    except (TypeError, ValueError) as exc:  # e.g. a "metadata" that is not an object
+        raise _BadExample(f"invalid input: {exc}") from None
     channel = getattr(inp, "channel", None)
     # The engine only checks conversation channels; for training data a text
     # tagged with a channel the task does not serve is a mislabelled file too.

@@ -175,6 +175,8 @@ def _f1_rows(gold: Sequence[Any], pred: Sequence[Any], labels: Sequence[Hashable
     p = np.zeros((len(pred_sets), c), dtype=np.float64)
     for i, (gs, ps) in enumerate(zip(gold_sets, pred_sets)):
         for x in gs:
+            if x not in index:
+                raise ValidationError(f"gold[{i}]", f"is not one of the labels {list(labels)}", x)
             g[i, index[x]] = 1.0
         for x in ps:
             if x in index:  # a prediction outside the label set is only a miss

@@ -150,6 +150,13 @@ def qualify(
         raise ValidationError(
             f"qualify({candidate.task})", f"metrics differ: {candidate.primary!r} vs baseline {baseline.primary!r}", show_value=False
         )
+    if None not in (candidate.task_version, baseline.task_version) and candidate.task_version != baseline.task_version:
+        raise ValidationError(
+            f"qualify({candidate.task})",
+            f"the baseline was evaluated on task version {baseline.task_version}, the candidate on {candidate.task_version};"
+            " re-run the baseline for the current definition",
+            show_value=False,
+        )
     metric = candidate.primary
     if metric in LOWER_IS_BETTER:
         raise ValidationError(f"qualify({candidate.task})", "the 99% rule needs a higher-is-better metric", metric)

@@ -127,9 +127,8 @@ class Cell:
     def to_dict(self) -> dict[str, Any]:
         out = self.estimate.to_dict()
         if self.qualification is not None:
-            q = self.qualification
-            out.update(qualified=q.qualified, verdict=q.verdict.value, ratio=q.to_dict()["ratio"],
-                       ratio_low=q.to_dict()["ratio_low"], ratio_high=q.to_dict()["ratio_high"], p_pass=q.p_pass)
+            q = self.qualification.to_dict()
+            out.update({k: q[k] for k in ("qualified", "verdict", "ratio", "ratio_low", "ratio_high", "p_pass")})
         return out
 
 

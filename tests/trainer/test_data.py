@@ -255,3 +255,8 @@ def test_check_no_bad_lines_lists_file_line_and_count(hotel, tmp_path):
     assert "31 bad line(s) in 2 file(s)" in message
     assert f"{tmp_path / 'train.jsonl'}:2: invalid JSON" in message
     assert "... and 26 more" in message
+
+
+def test_bad_metadata_is_a_bad_line_not_a_crash(hotel, tmp_path):
+    _, bad, path = load_one(hotel.task("rc-a"), tmp_path, dumps({**CALL, "metadata": 5, "label": "yes"}))
+    assert_bad(bad, path, 1, "invalid input")

@@ -200,3 +200,8 @@ def test_estimate_round_trips_and_formats():
     assert Estimate.from_dict(est.to_dict()) == est
     assert est.format() == "81.2 (79.0-83.0)"
     assert math.isclose(Estimate.from_dict(est.to_dict()).wilson[1], 0.84)
+
+
+def test_gold_outside_the_label_set_is_refused():
+    with pytest.raises(ValidationError, match="is not one of the labels"):
+        macro_f1(["a", "q"], ["a", "a"], labels=["a", "b"])

@@ -147,3 +147,11 @@ def test_overhead_as_in_the_paper():
     two_models = [["cwsc", "tnews", "iflytek"], ["csl", "afqmc"]]
     assert format_overhead(overhead(two_models)) == "33.3%" and num_qualified(two_models) == 5
     assert num_qualified([[]]) == 0 and num_qualified([[t] for t in tasks]) == 6
+
+
+def test_a_stale_baseline_is_refused(hotel, baseline_answers):
+    import dataclasses
+
+    v1, v2 = (dataclasses.replace(hotel.task("rc-a"), version=v) for v in (1, 2))
+    with pytest.raises(ValidationError, match="task version 1"):
+        qualify(make_eval(v2, baseline_answers[:50]), make_eval(v1, baseline_answers[:50]))
