@@ -33,8 +33,9 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
   if [ -n "${MTSERVE_TORCH_INDEX_URL:-}" ]; then
     "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch}" --index-url "$MTSERVE_TORCH_INDEX_URL"
   else
-    "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch==2.13.0}"
+    "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch==2.13.0}" 2>&1 | grep -v "is ignored: it is neither" || true
   fi
+  .venv/bin/python -c 'import torch' # fail loudly if that install did
 fi
 
 stamp=.venv/.mtserve-installed
@@ -67,5 +68,7 @@ then
 fi
 
 say "preparing the default model (SmolLM2-135M-Instruct, once)"
-.venv/bin/mtserve models prepare-default >/dev/null
+if ! out=$(.venv/bin/mtserve models prepare-default 2>&1); then
+  echo "$out" >&2; echo "preparing the default model failed" >&2; exit 1
+fi
 say "ready"
