@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import ValidationError
@@ -76,14 +76,83 @@ class BatchSettings(_Section):
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str | None = None  # defaults to broker_url
     results_database_url: str | None = None  # SQLite file under home by default
+    # Prefix of every Redis key the broker and the result backend write, and
+    # the queue the chunk tasks go to: several deployments (or test runs) can
+    # share one Redis without seeing each other's messages.
+    key_prefix: str = ""
+    queue: str = "mtserve-batch"
     chunk_size: int = Field(25, ge=1)
+    # Conversations per scorer call: the local engine batches their prefixes
+    # together; results are committed after each group, so a chunk that is cut
+    # short resumes after its last committed group.
+    conversations_per_call: int = Field(8, ge=1)
     # Redis redelivers an unacknowledged task after this many seconds: it must
     # be longer than the longest chunk (see batch/celery_app.py).
     visibility_timeout: int = Field(3600, ge=1)
+    # Hard limit: the worker process running the chunk is killed. The soft
+    # limit (default 90% of the hard one) raises inside the task, which then
+    # hands the chunk back with a retry; the retry skips what was committed.
     chunk_time_limit: int = Field(1800, ge=1)
+    chunk_soft_time_limit: int | None = Field(None, ge=1)
+    # How often a worker looks for unacknowledged messages older than the
+    # visibility timeout (a dead worker's chunks) and puts them back in the queue.
+    restore_interval: int = Field(10, ge=1)
+    # Retries of a chunk when the inference service is UNAVAILABLE or
+    # overloaded: exponential backoff (1, 2, 4, ... s, jittered) capped here.
+    max_retries: int = Field(8, ge=0)
+    retry_backoff_max: int = Field(120, ge=1)
+    # A job that finished no chunk for this long (default: visibility timeout
+    # + chunk time limit, by when a lost message would have come back) is
+    # stalled: `batch status --wait`/`batch reconcile` re-enqueue its missing chunks.
+    stall_seconds: float | None = Field(None, gt=0)
+    # Rounds of re-enqueueing missing chunks before a job is declared incomplete.
+    max_rounds: int = Field(10, ge=1)
     # "grpc" scores through the inference service; "local" loads the engine in the worker.
     scorer: Literal["grpc", "local"] = "grpc"
     inference_address: str | None = None  # defaults to inference.address
+    # Local scorer: the task catalogue (default: the built-in hotel catalogue)
+    # and the checkpoint, a folder or an id under checkpoints_dir (default: the
+    # prepared default model).
+    catalogue: str | None = None
+    checkpoint: str | None = None
+    # Worker processes per `mtserve worker` (default: 1 for the local scorer,
+    # whose one process already uses every core; 4 for grpc, which waits on the network).
+    worker_concurrency: int | None = Field(None, ge=1)
+    # How long a new worker process may take to load its scorer (the model)
+    # before the worker kills and replaces it; Celery's default of 4 s would
+    # kill every process loading a real model, forever.
+    worker_start_timeout: float = Field(600.0, gt=0)
+    # Rejects files, reports and the Parquet export (under home by default).
+    output_dir: str | None = None
+    # Testing and demos only: sleep this long after each committed group, to
+    # watch progress or to kill a worker in the middle of a chunk.
+    debug_pause_seconds: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _limits_fit(self) -> "BatchSettings":
+        soft = self.soft_time_limit
+        if soft >= self.chunk_time_limit:
+            raise ValueError(f"chunk_soft_time_limit ({soft}) must be below chunk_time_limit ({self.chunk_time_limit})")
+        # A chunk still running when its visibility timeout expires is handed
+        # to a second worker, and a retry's countdown is spent holding the
+        # message unacknowledged: both must fit inside the timeout.
+        if self.visibility_timeout <= self.chunk_time_limit:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout}) must be longer than chunk_time_limit ({self.chunk_time_limit})"
+            )
+        if self.retry_backoff_max >= self.visibility_timeout:
+            raise ValueError(
+                f"retry_backoff_max ({self.retry_backoff_max}) must be shorter than visibility_timeout ({self.visibility_timeout})"
+            )
+        return self
+
+    @property
+    def soft_time_limit(self) -> int:
+        return self.chunk_soft_time_limit or max(1, int(self.chunk_time_limit * 0.9))
+
+    @property
+    def stall_after(self) -> float:
+        return self.stall_seconds or float(self.visibility_timeout + self.chunk_time_limit)
 
 
 class TrainerSettings(_Section):
@@ -114,6 +183,14 @@ class Settings(_Section):
     @property
     def results_database_url(self) -> str:
         return self.batch.results_database_url or f"sqlite:///{self.home / 'results.db'}"
+
+    @property
+    def batch_output_dir(self) -> Path:
+        return Path(self.batch.output_dir).expanduser() if self.batch.output_dir else self.home / "batch"
+
+    @property
+    def batch_inference_address(self) -> str:
+        return self.batch.inference_address or self.inference.address
 
     @property
     def inference_registry_address(self) -> str:

@@ -20,7 +20,6 @@ vs. mixed batches to 1e-5).
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,43 +32,10 @@ from mtserve.errors import MtserveError, ValidationError
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
 from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, RenderedInput
+from mtserve.predictions import LabelScore, Prediction, Request
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
-
-@dataclass(frozen=True)
-class Request:
-    task: Task
-    input: Input
-    truncate: bool = True
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    task: str
-    task_version: int | None
-    # Single-label tasks: the most probable label. Multi-label: the most
-    # probable label too, but read `labels` (the set over the threshold).
-    label: str | None
-    labels: tuple[str, ...]
-    # Single-label: a distribution summing to 1. Multi-label: an independent
-    # probability per label.
-    scores: tuple[LabelScore, ...]
-    expected_value: float | None = None  # ordinal tasks
-    text: str | None = None  # generation tasks
-    prompt_tokens: int = 0
-    truncated: bool = False
-
-    def probability(self, label: str) -> float:
-        for s in self.scores:
-            if s.label == label:
-                return s.probability
-        raise KeyError(label)
+__all__ = ["Engine", "LabelScore", "Prediction", "Request"]
 
 
 @dataclass
@@ -105,7 +71,7 @@ class Engine:
         self.name = name
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.renderer.end_of_answer_id
         self._tries: OrderedDict[tuple[str, Task | None], LabelTrie] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: predict() calls trie()
 
     @property
     def device(self) -> torch.device:
@@ -115,6 +81,10 @@ class Engine:
     def trie(self, task: Task) -> LabelTrie:
         """The task's label trie (yes/no for multi-label questions), built once
         per task definition; refuses verbalizers the tokenizer cannot tell apart."""
+        with self._lock:
+            return self._trie(task)
+
+    def _trie(self, task: Task) -> LabelTrie:
         key = ("multilabel", None) if task.taxonomy is Taxonomy.MULTILABEL else (task.name, task)
         trie = self._tries.get(key)
         if trie is None:
@@ -352,7 +322,3 @@ def _pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-def is_probability_distribution(values: Sequence[float], tol: float = 1e-6) -> bool:
-    return all(0.0 <= v <= 1.0 for v in values) and math.isclose(sum(values), 1.0, abs_tol=tol)

@@ -79,13 +79,3 @@ def mask_logits(logits: torch.Tensor, allowed: set[int] | Sequence[int]) -> torc
     index = torch.tensor(sorted(allowed), dtype=torch.long, device=logits.device)
     mask[..., index] = 0.0
     return logits + mask
-
-
-def path_log_probs(step_log_probs: Sequence[torch.Tensor], trie: LabelTrie) -> torch.Tensor:
-    """Sum of log-probabilities along each label path. `step_log_probs[i][k]` is
-    the log-softmax over the vocabulary at step k of path i (teacher forced)."""
-    totals = []
-    for i, path in enumerate(trie.paths):
-        lp = step_log_probs[i]
-        totals.append(sum(lp[k, tok] for k, tok in enumerate(path)))
-    return torch.stack([torch.as_tensor(t) for t in totals])

@@ -24,6 +24,7 @@ a customer is plain text and can neither end the prompt nor fake a turn.
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -94,16 +95,21 @@ class PromptRenderer:
         self.tokenizer = tokenizer
         self.policy = policy or TruncationPolicy()
         self.system_prompt = system_prompt
+        self._tokenizer_lock = threading.Lock()
         self._parse_template()
 
     # -- tokenization -------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
         """Untrusted text: special-token strings are plain characters."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        # The lock: `split_special_tokens` is switched on the shared Rust
+        # tokenizer for the call, so two threads must not interleave.
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def encode_template(self, text: str) -> list[int]:
         """Template text: its special-token strings are special tokens."""
-        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
 
     def _encode(self, pieces: Sequence[_Piece]) -> tuple[tuple[int, ...], str]:
         ids: list[int] = []

@@ -23,23 +23,22 @@ def proto_files() -> list[Path]:
     return sorted((PROTO_DIR / PACKAGE).glob("*.proto"))
 
 
+def include_args() -> list[str]:
+    """protoc include paths: our protos and the well-known types (struct.proto)
+    shipped inside grpcio-tools."""
+    import grpc_tools
+
+    return [f"-I{PROTO_DIR}", f"-I{Path(grpc_tools.__file__).parent / '_proto'}"]
+
+
 def generate(out: Path) -> list[Path]:
     """Run protoc (bundled with grpcio-tools) and return the files written."""
     from grpc_tools import protoc
 
-    try:
-        from importlib.resources import files
-
-        well_known = str(files("grpc_tools") / "_proto")
-    except Exception:  # pragma: no cover - very old grpcio-tools
-        import grpc_tools
-
-        well_known = str(Path(grpc_tools.__file__).parent / "_proto")
     (out / PACKAGE).mkdir(parents=True, exist_ok=True)
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
-        f"-I{well_known}",
+        *include_args(),
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

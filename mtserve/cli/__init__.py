@@ -87,7 +87,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     if "transformers" in sys.modules:  # already imported (in-process callers): switch its bars off too
         sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click *returns* the code of a typer.Exit
+        # (raised by `fail`) instead of raising it: pass it on.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except MtserveError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -96,7 +96,7 @@ def pick_tasks(catalogue: Catalogue, names: Sequence[str], inp: Input) -> list[T
 
 
 def print_predictions(predictions: Sequence[Any], as_json: bool, *, checkpoint: str = "", elapsed: float | None = None) -> None:
-    from mtserve.engine import Prediction
+    from mtserve.predictions import Prediction
 
     rows = [p for p in predictions if isinstance(p, Prediction)]
     if as_json:

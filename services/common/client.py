@@ -14,7 +14,6 @@ from typing import Any, NoReturn, Sequence
 import grpc
 
 from mtserve.errors import (
-    IntegrityError,
     MtserveError,
     NotFoundError,
     OverloadedError,

@@ -9,7 +9,6 @@ ops engineer editing YAML. Imports protobuf only, never grpc.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Iterable, Sequence
 
@@ -22,6 +21,8 @@ from mtserve.v1 import common_pb2 as cpb
 from mtserve.v1 import inference_pb2 as ipb
 from mtserve.v1 import registry_pb2 as rpb
 from services.common.records import (
+    Answer,
+    CheckpointInfo,
     CheckpointRecord,
     PolicyRecord,
     Registered,
@@ -30,8 +31,11 @@ from services.common.records import (
     RouteChange,
     RouteHistoryEntry,
     RouteUpdate,
+    ServingInfo,
+    TaskInfo,
     TaskRecord,
     TaskStatus,
+    Timing,
 )
 
 # -- enums ---------------------------------------------------------------------------
@@ -229,22 +233,6 @@ def input_from_pb(msg: cpb.Input, where: str = "input") -> Input:
 
 
 # -- predictions ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Timing:
-    queue_ms: float = 0.0
-    compute_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A prediction as the inference service returns it: with the checkpoint
-    that answered and the time it took."""
-
-    prediction: Any  # mtserve.engine.Prediction
-    checkpoint_id: str
-    timing: Timing = Timing()
-
-
 def prediction_to_pb(answer: Answer) -> ipb.Prediction:
     p = answer.prediction
     msg = ipb.Prediction(
@@ -268,7 +256,7 @@ def prediction_to_pb(answer: Answer) -> ipb.Prediction:
 def prediction_from_pb(msg: ipb.Prediction) -> Answer:
     # mtserve.engine imports torch: only load it when a prediction is read,
     # so the registry CLI commands start fast.
-    from mtserve.engine import LabelScore, Prediction
+    from mtserve.predictions import LabelScore, Prediction
 
     prediction = Prediction(
         task=msg.task,
@@ -372,3 +360,29 @@ def watch_event_from_pb(msg: rpb.WatchEvent) -> tuple[bool, RegistryState]:
     if kind is None:
         raise ValidationError("watch event", "holds neither a snapshot nor a change", None, show_value=False)
     return kind == "snapshot", state_from_pb(getattr(msg, kind), msg.revision, kind)
+
+
+# -- inference status --------------------------------------------------------------------------------
+def serving_info_to_pb(info: ServingInfo) -> ipb.ModelInfoResponse:
+    return ipb.ModelInfoResponse(
+        checkpoints=[
+            ipb.LoadedCheckpoint(id=c.id, path=c.path, loaded=c.loaded, error=c.error, queue_depth=c.queue_depth, tasks=list(c.tasks))
+            for c in info.checkpoints
+        ],
+        tasks=[ipb.ServedTask(task=t.task, version=t.version, checkpoint_id=t.checkpoint_id, serving=t.serving, reason=t.reason) for t in info.tasks],
+        queue_depth=info.queue_depth,
+        registry_revision=info.registry_revision,
+        registry_connected=info.registry_connected,
+        state_source=info.state_source,
+    )
+
+
+def serving_info_from_pb(msg: ipb.ModelInfoResponse) -> ServingInfo:
+    return ServingInfo(
+        checkpoints=tuple(CheckpointInfo(c.id, c.path, c.loaded, c.error, c.queue_depth, tuple(c.tasks)) for c in msg.checkpoints),
+        tasks=tuple(TaskInfo(t.task, t.version, t.checkpoint_id, t.serving, t.reason) for t in msg.tasks),
+        queue_depth=msg.queue_depth,
+        registry_revision=msg.registry_revision,
+        registry_connected=msg.registry_connected,
+        state_source=msg.state_source,
+    )

@@ -7,9 +7,9 @@ keeps them, and writes them as its last-known-good JSON copy.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from mtserve.checkpoints import Manifest
 from mtserve.errors import ValidationError
@@ -216,9 +216,47 @@ class RegistryState:
             raise ValidationError(where, f"is not a registry state file ({type(exc).__name__}: {exc})", None, show_value=False) from None
 
 
-def sorted_records(records: Iterable[TaskRecord]) -> list[TaskRecord]:
-    return sorted(records, key=lambda r: r.key)
+# -- what the inference service answers ---------------------------------------------------
+@dataclass(frozen=True)
+class Timing:
+    queue_ms: float = 0.0  # waiting for the batch
+    compute_ms: float = 0.0  # the batch's forward passes (shared by the whole batch)
 
 
-def with_status(record: TaskRecord, status: TaskStatus, latest: int) -> TaskRecord:
-    return replace(record, status=status, latest_version=latest)
+@dataclass(frozen=True)
+class Answer:
+    """A prediction with the checkpoint that answered it and the time it took."""
+
+    prediction: Any  # mtserve.engine.Prediction (not imported: it pulls in torch)
+    checkpoint_id: str
+    timing: Timing = Timing()
+
+
+# -- what an inference replica reports (ModelInfo) -----------------------------------
+@dataclass(frozen=True)
+class CheckpointInfo:
+    id: str
+    path: str
+    loaded: bool
+    error: str
+    queue_depth: int
+    tasks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task: str
+    version: int
+    checkpoint_id: str
+    serving: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class ServingInfo:
+    checkpoints: tuple[CheckpointInfo, ...]
+    tasks: tuple[TaskInfo, ...]
+    queue_depth: int
+    registry_revision: int
+    registry_connected: bool
+    state_source: str

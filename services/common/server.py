@@ -109,7 +109,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"the {self.service} is shutting down; retry on another replica")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the {self.service} service is shutting down; retry on another replica")
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -172,6 +172,7 @@ class Service:
         max_workers: int,
         max_message_bytes: int,
         grace_seconds: float,
+        max_concurrent_rpcs: int | None = None,
     ):
         self.names = list(service_names)
         self.interceptor = ErrorInterceptor(service)
@@ -180,7 +181,9 @@ class Service:
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-rpc"),
             interceptors=[self.interceptor],
             options=server_options(max_message_bytes),
-            maximum_concurrent_rpcs=None,
+            # Beyond this gRPC itself answers RESOURCE_EXHAUSTED; without it,
+            # calls waiting for a worker thread queue without bound.
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -189,6 +192,7 @@ class Service:
             [*self.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
+        self._on_start: list[Callable[[], None]] = []
         self._on_drain: list[Callable[[], None]] = []
         self._on_stopped: list[Callable[[], None]] = []
         self._stopped = threading.Event()
@@ -208,6 +212,10 @@ class Service:
         for name in ("", *self.names):
             self.health.set(name, status)
 
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Run once the server listens (start background work)."""
+        self._on_start.append(callback)
+
     def on_drain(self, callback: Callable[[], None]) -> None:
         """Run when shutdown begins (end watch streams, stop taking work)."""
         self._on_drain.append(callback)
@@ -218,6 +226,8 @@ class Service:
 
     def start(self) -> "Service":
         self.server.start()
+        for callback in self._on_start:
+            callback()
         return self
 
     def stop(self, grace: float | None = None) -> None:

@@ -106,25 +106,32 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
         log.info("watch closed by %s", request.client or context.peer())
 
 
+class RegistryService(Service):
+    """The server with its store."""
+
+    store: RegistryStore
+
+
 def create_server(
     address: str,
     settings: Settings | None = None,
     *,
     store: RegistryStore | None = None,
-) -> tuple[Service, int]:
+) -> tuple[RegistryService, int]:
     """A registry server bound to `address` (port 0 picks a free port), not
     yet started; its store is opened (and migrated) from the settings unless
     given. Returns the server and the bound port."""
     settings = settings or load_settings()
     own_store = store is None
     store = store or RegistryStore(settings.registry_database_url)
-    service = Service(
+    service = RegistryService(
         [SERVICE_NAME],
         service="registry",
         max_workers=settings.registry.max_workers,
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
     )
+    service.store = store
     servicer = RegistryServicer(store, watch_poll_seconds=settings.registry.watch_poll_seconds)
     rpb_grpc.add_RegistryServicer_to_server(servicer, service.server)
     service.on_drain(servicer.stop_watches)

@@ -1,9 +1,8 @@
-"""Alembic environment for the registry. The registry runs migrations itself
-(services.registry.store.migrate) and hands over its connection; the
-`alembic` command line works too with `-x url=...`:
-
-    alembic -c /dev/null -x url=sqlite:///registry.db \
-        --name alembic upgrade head   (script_location: services/registry/migrations)
+"""Alembic environment for the registry. The registry migrates its database
+itself at start (services.registry.store.migrate, `upgrade head`) and hands
+its connection over in `config.attributes["connection"]`; without one (the
+alembic command line, e.g. to write a new revision) the URL comes from
+`-x url=...` or the config's sqlalchemy.url.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""An inference client taking and returning domain objects. Every call has a
+deadline; UNAVAILABLE is retried by the channel's service config (scoring is
+idempotent). A failed call raises a RemoteError that is also the matching
+domain error.
+
+    with InferenceClient("127.0.0.1:50052", timeout=10) as inference:
+        answers = inference.classify_many(conversation)          # every task of its channel
+        answer = inference.classify("ec", Text("...", Channel.EMAIL))
+        answer.prediction.label, answer.checkpoint_id, answer.timing.queue_ms
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence, TypeVar
+
+import grpc
+
+from mtserve.inputs import Input
+from mtserve.v1 import inference_pb2 as ipb
+from mtserve.v1 import inference_pb2_grpc as ipb_grpc
+from services.common import convert
+from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, make_channel, raise_remote
+from services.common.records import Answer, ServingInfo
+
+SERVICE = "mtserve.v1.Inference"
+T = TypeVar("T")
+
+
+class InferenceClient:
+    def __init__(self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self.address = address
+        self.timeout = timeout
+        self.channel = make_channel(address, SERVICE, max_message_bytes=max_message_bytes)
+        self.stub = ipb_grpc.InferenceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "InferenceClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise_remote(exc, "inference", self.address)
+
+    def classify(self, task: str, inp: Input, *, truncate: bool = True, timeout: float | None = None) -> Answer:
+        request = ipb.ClassifyRequest(task=task, input=convert.input_to_pb(inp), no_truncate=not truncate)
+        return convert.prediction_from_pb(self._call(self.stub.Classify, request, timeout).prediction)
+
+    def classify_many(
+        self, inp: Input, tasks: Sequence[str] = (), *, truncate: bool = True, timeout: float | None = None
+    ) -> tuple[list[Answer], list[tuple[str, str]]]:
+        """Answers for the named tasks (or every applicable classification
+        task), and the applicable tasks skipped with their reason."""
+        request = ipb.ClassifyManyRequest(input=convert.input_to_pb(inp), tasks=list(tasks), no_truncate=not truncate)
+        response = self._call(self.stub.ClassifyMany, request, timeout)
+        return [convert.prediction_from_pb(p) for p in response.predictions], [(s.task, s.reason) for s in response.skipped]
+
+    def generate(self, task: str, inp: Input, *, truncate: bool = True, timeout: float | None = None) -> Answer:
+        request = ipb.GenerateRequest(task=task, input=convert.input_to_pb(inp), no_truncate=not truncate)
+        return convert.prediction_from_pb(self._call(self.stub.Generate, request, timeout).prediction)
+
+    def model_info(self, *, timeout: float | None = None) -> ServingInfo:
+        return convert.serving_info_from_pb(self._call(self.stub.ModelInfo, ipb.ModelInfoRequest(), timeout))

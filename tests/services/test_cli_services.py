@@ -1,0 +1,186 @@
+"""The registry and serve commands: `mtserve tasks|routes|checkpoints ...`
+against a live registry (in-process), and once everything as real
+subprocesses started through `mtserve serve ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mtserve.cli import main
+from mtserve.tasks import builtin_catalogue_path
+
+from .conftest import SAMPLES, make_settings, start_stack, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, hotel):
+    stack = start_stack(make_settings(tmp_path_factory.mktemp("cli")), hotel, [], inference=False)
+    yield stack
+    stack.stop()
+
+
+def test_tasks_commands(stack, capsys, tmp_path):
+    reg = ["--registry", stack.registry_address]
+    code, out, err = run(capsys, "tasks", "apply", "-f", str(builtin_catalogue_path("hotel")), *reg, "--json")
+    assert code == 0, err
+    applied = json.loads(out)
+    assert len(applied["tasks"]) == 18 and not any(t["changed"] for t in applied["tasks"])  # the stack applied it already
+
+    code, out, _ = run(capsys, "tasks", "list", "--channel", "email", "--json", *reg)
+    assert [t["name"] for t in json.loads(out)] == ["ec"]
+    code, out, _ = run(capsys, "tasks", "show", "csqr", *reg)
+    assert code == 0 and "name: csqr" in out and "version: 1" in out and "status: active" in out
+    code, out, _ = run(capsys, "tasks", "retire", "hs", *reg)
+    assert code == 0 and out.strip() == "hs\tv1\tretired"
+    code, out, _ = run(capsys, "tasks", "list", "--status", "retired", "--json", *reg)
+    assert [t["name"] for t in json.loads(out)] == ["hs"]
+
+    # a changed catalogue gives the changed task a new version
+    changed = builtin_catalogue_path("hotel").read_text().replace("Which team should handle this e-mail?", "Which team handles this e-mail?")
+    path = tmp_path / "hotel.yaml"
+    path.write_text(changed)
+    code, out, err = run(capsys, "tasks", "apply", "-f", str(path), *reg)
+    assert code == 0 and "ec\tv2\tchanged" in out and "hs\tv1\tchanged" in out  # hs: re-registered, active again
+    code, out, _ = run(capsys, "tasks", "show", "ec", "--version", "1", "--json", *reg)
+    assert json.loads(out)["instruction"].startswith("Which team should handle")
+
+    # errors: one line, exit code 2
+    code, out, err = run(capsys, "tasks", "show", "nope", *reg)
+    assert (code, out) == (2, "") and err == f"error: registry at {stack.registry_address}: NOT_FOUND: unknown task 'nope'\n"
+    code, _, err = run(capsys, "tasks", "list", "--channel", "fax", *reg)
+    assert code == 2 and err == "error: --channel: must be one of call, im, email, review (got 'fax')\n"
+
+
+def test_checkpoints_and_routes_commands(stack, capsys, tiny_llama_dir, tiny_qwen_dir):
+    reg = ["--registry", stack.registry_address]
+    for folder in (tiny_llama_dir, tiny_qwen_dir):
+        code, out, err = run(capsys, "checkpoints", "register", str(folder), *reg, "--json")
+        assert code == 0, err
+        assert json.loads(out)["path"] == str(folder.resolve())
+    code, out, _ = run(capsys, "checkpoints", "list", "--json", *reg)
+    assert [c["id"] for c in json.loads(out)] == ["tiny-llama", "tiny-qwen"]
+    code, out, _ = run(capsys, "checkpoints", "show", "tiny-qwen", *reg)
+    assert json.loads(out)["manifest"]["id"] == "tiny-qwen"
+
+    code, out, _ = run(capsys, "routes", "set", "see", "tiny-llama", *reg)
+    assert code == 0 and out.strip() == "see\tv1\t-> tiny-llama"
+    code, out, _ = run(capsys, "routes", "set", "see", "tiny-qwen", "--reason", "promoted by job 7", *reg)
+    code, out, _ = run(capsys, "routes", "show", "--json", *reg)
+    assert [(r["task"], r["checkpoint"], r["reason"]) for r in json.loads(out)["routes"]] == [("see", "tiny-qwen", "promoted by job 7")]
+    code, out, _ = run(capsys, "routes", "rollback", "see", *reg)
+    assert code == 0 and out.startswith("see\tv1\t-> tiny-llama")
+    code, out, _ = run(capsys, "routes", "history", "see", "--json", *reg)
+    assert [(h["checkpoint"], h["current"], bool(h["rolled_back_at"])) for h in json.loads(out)] == [
+        ("tiny-qwen", False, True), ("tiny-llama", True, False)]
+    code, out, err = run(capsys, "routes", "set", "see", "ghost", *reg)
+    assert code == 2 and "NOT_FOUND: route.checkpoint_id: checkpoint 'ghost' is not registered" in err and err.count("\n") == 1
+
+    # many tasks in one transaction: all of them, or none when one is unknown
+    code, out, err = run(capsys, "routes", "promote", "tiny-qwen", "rc-a", "ghost-task", *reg)
+    assert code == 2 and "routes[1].task: unknown task 'ghost-task'" in err
+    code, out, _ = run(capsys, "routes", "show", "--json", *reg)
+    assert [r["task"] for r in json.loads(out)["routes"]] == ["see"]
+    code, out, err = run(capsys, "routes", "promote", "tiny-qwen", "--all", "--json", *reg)
+    assert code == 0, err
+    active = [t["name"] for t in json.loads(run(capsys, "tasks", "list", "--status", "active", "--json", *reg)[1])]
+    assert sorted(r["task"] for r in json.loads(out)["routes"]) == sorted(active)
+    code, out, _ = run(capsys, "routes", "show", "--json", *reg)
+    assert {r["checkpoint"] for r in json.loads(out)["routes"]} == {"tiny-qwen"}
+    code, _, err = run(capsys, "routes", "promote", "tiny-qwen", *reg)
+    assert code == 2 and err == "error: tasks: name the tasks to promote, or give --all (not both) (got None)\n"
+
+
+def test_an_unreachable_registry_is_one_clear_line(capsys):
+    code, out, err = run(capsys, "routes", "show", "--registry", "127.0.0.1:1")
+    assert code == 2 and err.startswith("error: registry at 127.0.0.1:1: UNAVAILABLE: ") and err.count("\n") == 1
+
+
+# -- real processes ----------------------------------------------------------------------------
+class Server:
+    """`mtserve serve ...` as a child process; the port is read from its first line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mtserve", "serve", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if "listening on" not in line:
+            self.proc.kill()
+            raise AssertionError(f"`mtserve serve {' '.join(args)}` did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
+        self.address = line.split("listening on ")[1].strip()
+
+    def terminate(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=60)
+        return self.proc.returncode, err
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "mtserve", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"mtserve {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def serving(address: str) -> bool:
+    try:
+        with grpc.insecure_channel(address) as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="mtserve.v1.Inference"), timeout=5).status
+    except grpc.RpcError:
+        return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_everything_as_real_processes(tmp_path, tiny_llama_dir):
+    env = {
+        **os.environ,
+        "MTSERVE_HOME": str(tmp_path),
+        "MTSERVE_DEVICE": "cpu",
+        "MTSERVE_REGISTRY__DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+        "MTSERVE_INFERENCE__STATE_FILE": str(tmp_path / "state.json"),
+    }
+    registry = Server(["registry", "--address", "127.0.0.1:0"], env)
+    inference = None
+    try:
+        env["MTSERVE_REGISTRY__ADDRESS"] = registry.address  # the default --registry of every command below
+        cli(env, "tasks", "apply", "-f", str(builtin_catalogue_path("hotel")))
+        cli(env, "checkpoints", "register", str(tiny_llama_dir))
+        for task in ("rc-a", "csqr", "cs"):
+            cli(env, "routes", "set", task, "tiny-llama")
+        inference = Server(["inference", "--address", "127.0.0.1:0"], env)
+        wait_for(lambda: serving(inference.address), "the inference process to serve")
+        out = cli(env, "classify", "--server", inference.address, "--input", str(SAMPLES / "call-cancelled.json"), "--json", "--timeout", "60")
+        rows = json.loads(out)
+        assert [r["task"] for r in rows] == ["csqr", "rc-a"]  # the call tasks that have a route
+        for r in rows:
+            assert r["checkpoint"] == "tiny-llama" and r["label"] in r["scores"]
+            assert sum(r["scores"].values()) == pytest.approx(1.0)
+        out = cli(env, "classify", "--server", inference.address, "--task", "cs", "--input", str(SAMPLES / "call-cancelled.json"), "--json")
+        assert isinstance(json.loads(out)[0]["text"], str)
+    finally:
+        codes = []
+        if inference is not None:
+            codes.append(inference.terminate())
+        codes.append(registry.terminate())
+    for code, err in codes:
+        assert code == 0 and "stopped" in err, err

@@ -1,0 +1,180 @@
+"""Start-up, overload and shutdown of the inference service. Gates (events
+the test opens) hold model loading or the forward pass, so each state is
+reached deterministically: no sleeps, no timing assumptions."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import grpc
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mtserve.models import load_checkpoint
+from mtserve.v1 import inference_pb2 as ipb
+from mtserve.v1 import inference_pb2_grpc as ipb_grpc
+from services.common import convert
+
+from .conftest import make_settings, sample, start_stack, wait_for
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GatedModel(torch.nn.Module):
+    """The real model behind a gate: while `closed`, each forward pass waits
+    for `gate` (and says so through `entered`)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.closed = False
+        self.gate, self.entered = threading.Event(), threading.Event()
+
+    def forward(self, **kw):
+        if self.closed:
+            self.entered.set()
+            self.gate.wait()
+        return self.inner(**kw)
+
+
+class GatedLoader:
+    """Loads checkpoints for real, after `allow` is set, wrapping each model in a GatedModel."""
+
+    def __init__(self):
+        self.allow, self.loading = threading.Event(), threading.Event()
+        self.models: dict[str, GatedModel] = {}
+
+    def __call__(self, record):
+        self.loading.set()
+        self.allow.wait()
+        loaded = load_checkpoint(record.path, device="cpu", dtype="float32")
+        self.models[record.id] = GatedModel(loaded.model)
+        return replace(loaded, model=self.models[record.id])
+
+
+def health(address: str, service: str = "mtserve.v1.Inference") -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+@pytest.fixture
+def gated(tmp_path, hotel, tiny_llama_dir):
+    settings = make_settings(tmp_path, **{"inference.queue_size": 1, "inference.max_wait_ms": 0})
+    stack = start_stack(settings, hotel, [tiny_llama_dir], inference=False)
+    loader = GatedLoader()
+    stack.start_inference(loader=loader)
+    yield stack, loader
+    loader.allow.set()
+    for model in loader.models.values():
+        model.gate.set()
+    stack.stop()
+
+
+def classify_in_thread(stub, task="ec", name="email", **kw):
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["response"] = stub.Classify(ipb.ClassifyRequest(task=task, input=convert.input_to_pb(sample(name))), timeout=60, **kw)
+        except grpc.RpcError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_health_is_not_serving_until_the_routed_models_are_loaded(gated):
+    stack, loader = gated
+    assert loader.loading.wait(30)  # the watcher got the snapshot and is loading tiny-llama
+    assert health(stack.inference_address) == NOT_SERVING
+    assert health(stack.inference_address, "") == NOT_SERVING
+    with grpc.insecure_channel(stack.inference_address) as channel:
+        stub = ipb_grpc.InferenceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "no task definitions yet" in info.value.details()
+        loader.allow.set()
+        wait_for(lambda: health(stack.inference_address) == SERVING, "health SERVING once loaded")
+        assert stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=30).prediction.label
+
+
+def test_a_full_queue_answers_resource_exhausted(gated):
+    stack, loader = gated
+    loader.allow.set()
+    wait_for(lambda: health(stack.inference_address) == SERVING, "models loaded")
+    model = loader.models["tiny-llama"]
+    model.closed = True
+    with grpc.insecure_channel(stack.inference_address) as channel:
+        stub = ipb_grpc.InferenceStub(channel)
+        running, running_out = classify_in_thread(stub)
+        assert model.entered.wait(30)  # in the forward pass: the queue is empty again
+        queued, queued_out = classify_in_thread(stub)
+        core = stack.inference.core
+        wait_for(lambda: core.serving.models["tiny-llama"].batcher.depth == 1, "the second call to queue")
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=30)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.details() == (
+            "the batch queue of checkpoint 'tiny-llama' is full (1 requests waiting, inference.queue_size=1); retry with backoff"
+        )
+        model.gate.set()
+        running.join()
+        queued.join()
+        assert running_out["response"].prediction.label and queued_out["response"].prediction.label
+
+
+def test_a_call_past_its_deadline_is_dropped_before_compute(gated):
+    stack, loader = gated
+    loader.allow.set()
+    wait_for(lambda: health(stack.inference_address) == SERVING, "models loaded")
+    model = loader.models["tiny-llama"]
+    model.closed = True
+    batcher = stack.inference.core.serving.models["tiny-llama"].batcher
+    with grpc.insecure_channel(stack.inference_address) as channel:
+        stub = ipb_grpc.InferenceStub(channel)
+        running, running_out = classify_in_thread(stub)
+        assert model.entered.wait(30)
+        with pytest.raises(grpc.RpcError) as info:  # queued behind the gate until its deadline passes
+            stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=0.5)
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_for(lambda: stack.inference.interceptor.inflight == 1, "the expired call to leave")
+        batches = batcher.batches
+        model.gate.set()
+        running.join()
+        assert running_out["response"].prediction.label
+        wait_for(lambda: batcher.depth == 0, "the queue to drain")
+        assert batcher.batches == batches + 1  # only the running call's batch: the expired one never ran
+
+
+def test_graceful_shutdown(gated):
+    stack, loader = gated
+    loader.allow.set()
+    wait_for(lambda: health(stack.inference_address) == SERVING, "models loaded")
+    model = loader.models["tiny-llama"]
+    model.closed = True
+    address = stack.inference_address
+    channel = grpc.insecure_channel(address)
+    stub = ipb_grpc.InferenceStub(channel)
+    in_flight, in_flight_out = classify_in_thread(stub)
+    assert model.entered.wait(30)
+    stopper = threading.Thread(target=stack.inference.stop, kwargs={"grace": 60})
+    stopper.start()
+    wait_for(stack.inference.interceptor.draining.is_set, "draining to begin")
+    assert health(address) == NOT_SERVING  # health still answers while draining
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=10)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert info.value.details() == "the inference service is shutting down; retry on another replica"
+    assert stopper.is_alive()  # waiting for the call in flight
+    model.gate.set()
+    in_flight.join()
+    stopper.join()
+    assert in_flight_out["response"].prediction.label  # the call in flight finished normally
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=5)
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # nobody listens any more
+    channel.close()
