@@ -550,6 +550,9 @@ class DayPlan:
     records: int  # items planned (valid records + rejects)
     rejects: int  # of which rejects (duplicates included)
     duplicates: int
+    # The rejects themselves, in read order, for the job's rejects file (the
+    # planning pass has them in hand; re-reading the day would cost a pass).
+    reject_records: tuple[Reject, ...] = ()
 
 
 def plan_day(folder: str | Path, chunk_size: int) -> DayPlan:
@@ -563,6 +566,7 @@ def plan_day(folder: str | Path, chunk_size: int) -> DayPlan:
     # The chunk being filled: items as (file, fmt, pos, offset), and its duplicates.
     items: list[tuple[str, str, int, int]] = []
     dups: list[tuple[str, int, str]] = []
+    rejects: list[Reject] = []
     n_rejects = n_dups = n_items = 0
 
     def close() -> None:
@@ -582,6 +586,7 @@ def plan_day(folder: str | Path, chunk_size: int) -> DayPlan:
         items.append((name, fmt, item.pos, item.offset))
         if isinstance(result, Reject):
             n_rejects += 1
+            rejects.append(result)
             if result.code is RejectCode.DUPLICATE_ID:
                 n_dups += 1
                 dups.append((name, item.pos, result.reason.rsplit("first seen at ", 1)[1]))
@@ -589,7 +594,7 @@ def plan_day(folder: str | Path, chunk_size: int) -> DayPlan:
             close()
     if items:
         close()
-    return DayPlan(day.folder, chunks, day.ignored, n_items, n_rejects, n_dups)
+    return DayPlan(day.folder, chunks, day.ignored, n_items, n_rejects, n_dups, tuple(rejects))
 
 
 def _extend(span: Span, pos: int) -> Span:
