@@ -267,8 +267,16 @@ class JobSpec(_Section):
 def _where(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and re.search(r"[\[(]|^function-|^literal", part):
+            continue  # a union branch ("list[str]"), not a key
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "job"
+
+
+def _set(section: BaseModel, key: str) -> bool:
+    """Given with a value other than its default. A resolved spec (every key
+    written out) must parse again, so a key at its default counts as unset."""
+    return key in section.model_fields_set and getattr(section, key) != type(section).model_fields[key].get_default(call_default_factory=True)
 
 
 def _check_rules(spec: JobSpec) -> None:
@@ -289,12 +297,12 @@ def _check_rules(spec: JobSpec) -> None:
         raise ValidationError("lora", "LoRA settings are given but finetune is full; set finetune: lora or drop the section", spec.lora.model_dump())
     used = METHOD_SETTINGS[spec.method]
     for key in sorted(spec.mixture.model_fields_set):
-        if key not in used:
+        if key not in used and _set(spec.mixture, key):
             raise ValidationError(
                 f"mixture.{key}", f"is not used by method {spec.method!r}; leave it unset", getattr(spec.mixture, key)
             )
     if spec.method == "single_task":
-        for key in sorted(spec.resources.model_fields_set):
+        for key in sorted(k for k in spec.resources.model_fields_set if _set(spec.resources, k)):
             raise ValidationError(f"resources.{key}", "is not used by method 'single_task'; leave it unset", getattr(spec.resources, key))
     if spec.resources.high is not None:
         if spec.method != "two_stage":
@@ -309,15 +317,15 @@ def _check_rules(spec: JobSpec) -> None:
             None,
             show_value=False,
         )
-    if spec.baselines.steps is not None and "epochs" in spec.baselines.model_fields_set:
+    if spec.baselines.steps is not None and _set(spec.baselines, "epochs"):
         raise ValidationError("baselines.steps", "give baselines.epochs or baselines.steps, not both", spec.baselines.steps)
     for stage in ("stage1", "stage2"):
-        if getattr(spec.mixture, f"{stage}_steps") is not None and f"{stage}_epochs" in spec.mixture.model_fields_set:
+        if getattr(spec.mixture, f"{stage}_steps") is not None and _set(spec.mixture, f"{stage}_epochs"):
             raise ValidationError(f"mixture.{stage}_steps", f"give mixture.{stage}_epochs or mixture.{stage}_steps, not both", getattr(spec.mixture, f"{stage}_steps"))
     if spec.stage0 is not None:
         if not spec.stage0.corpus.strip():
             raise ValidationError("stage0.corpus", "must name a plain-text corpus file", spec.stage0.corpus)
-        if spec.stage0.steps is not None and "epochs" in spec.stage0.model_fields_set:
+        if spec.stage0.steps is not None and _set(spec.stage0, "epochs"):
             raise ValidationError("stage0.steps", "give stage0.epochs or stage0.steps, not both", spec.stage0.steps)
     lora = spec.lora_settings
     if lora is not None and isinstance(lora.target_modules, list):

@@ -1,0 +1,346 @@
+"""The staged pipeline: task filter, resource grouping, stage planning, and
+whole toy jobs on the tiny model (stage order, baselines, manifests, the run
+cache, interrupted runs, bad data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtserve.checkpoints import read_manifest, verify_checkpoint
+from mtserve.errors import PreconditionError, ValidationError
+from trainer.job import parse_job
+from trainer.pipeline import baseline_steps, group_tasks, plan_stages, run_job, saturation
+from trainer.sampling import instance_balanced, temperature_scaled_capped
+from trainer.toy import toy_job, write_toy_data
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models train as fast on one thread, and far faster when other
+    processes share the cores (thread oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+# -- pure planning ----------------------------------------------------------------------
+
+
+def test_task_filter_groups(hotel):
+    kind = group_tasks(hotel.tasks, "kind")
+    assert list(kind) == ["classification", "generation"]
+    assert [t.name for t in kind["generation"]] == [t.name for t in hotel.tasks if t.is_generation]
+    taxonomy = group_tasks(hotel.tasks, "taxonomy")
+    assert set(taxonomy) == {"binary", "ordinal", "multiclass", "multilabel", "generation"}
+    assert all(t.taxonomy.value == g for g, ts in taxonomy.items() for t in ts)
+    assert sum(len(ts) for ts in taxonomy.values()) == len(hotel.tasks)
+    assert list(group_tasks(hotel.tasks, "none")) == ["all"]
+
+
+def hist(*points):
+    return [{"step": i, "epochs": e, "value": v} for i, (e, v) in enumerate(points)]
+
+
+def test_resource_grouping_from_saturation_epochs():
+    early = saturation(hist((0, 0.5), (2, 0.9), (4, 0.85), (8, 0.8)), 5)
+    assert early.epoch == 2 and not early.high and not early.censored  # overfits within 5 epochs: low-resource
+    late = saturation(hist((0, 0.5), (3, 0.7), (6, 0.9), (9, 0.88)), 5)
+    assert late.epoch == 6 and late.high  # saturates after 5 epochs: high-resource
+    still = saturation(hist((0, 0.5), (1, 0.6), (2, 0.7)), 5)
+    assert still.censored and still.high and still.last_epoch == 2  # still learning when it stopped
+    zero = saturation(hist((0, 0.9), (1, 0.8)), 5)
+    assert zero.epoch == 0 and not zero.high
+    ties = saturation(hist((0, 0.5), (1, 0.9), (7, 0.9)), 5)
+    assert ties.epoch == 1 and not ties.high  # the first evaluation reaching the best
+    with pytest.raises(ValidationError):
+        saturation([], 5)
+
+
+def spec_for(**over):
+    return parse_job({"name": "plan", "data_dir": "d", **over})
+
+
+def test_two_stage_plan_stage1_is_high_resource_instance_balanced():
+    spec = spec_for(training={"micro_batch": 1, "grad_accum": 8}, mixture={"cap_k": 100, "tau": 2.0}, resources={"high": ["a", "b"]})
+    sizes = {"a": 400, "b": 200, "c": 40, "d": 16}
+    stages, notes = plan_stages(spec, "two_stage", sizes, ["a", "b"], per_step=8)
+    assert [s.name for s in stages] == ["stage1", "stage2"]
+    s1, s2 = stages
+    assert s1.rates == instance_balanced({"a": 400, "b": 200}) and s1.strategy == "instance_balanced"
+    assert s1.steps == 75  # 1 epoch of 600 examples at 8 per step
+    assert s2.rates == temperature_scaled_capped(sizes, 2.0, 100) and set(s2.rates) == set(sizes)
+    assert s2.steps == 10 * (100 + 100 + 40 + 16) // 8  # 10 epochs of the capped pool
+    assert s2.eval_at_end and not s1.eval_at_end and not s2.select_best
+
+
+def test_two_stage_plan_is_capped_in_proportion_and_skips_an_empty_stage1():
+    spec = spec_for(max_steps=100)
+    stages, notes = plan_stages(spec, "two_stage", {"a": 800, "b": 80}, ["a"], per_step=8)
+    assert sum(s.steps for s in stages) == 100 and notes["uncapped_steps"] == {"stage1": 100, "stage2": 1100}
+    assert stages[0].steps == round(100 * 100 / 1200)
+    stages, notes = plan_stages(spec_for(), "two_stage", {"a": 80, "b": 80}, [], per_step=8)
+    assert [s.name for s in stages] == ["stage2"] and "skipped" in notes["stage1"]
+
+
+def test_one_stage_methods():
+    sizes = {"a": 1000, "b": 10}
+    ib, _ = plan_stages(spec_for(method="instance_balanced"), "instance_balanced", sizes, [], per_step=10)
+    assert ib[0].rates == pytest.approx({"a": 1000 / 1010, "b": 10 / 1010}) and ib[0].steps == 1010
+    cb, _ = plan_stages(spec_for(method="class_balanced"), "class_balanced", sizes, [], per_step=10)
+    assert cb[0].rates == {"a": 0.5, "b": 0.5}
+    tc, _ = plan_stages(spec_for(method="temperature_capped", mixture={"cap_k": 100}), "temperature_capped", sizes, [], per_step=10)
+    assert tc[0].steps == 10 * 110 // 10
+    um, _ = plan_stages(spec_for(method="unimax", mixture={"stage2_steps": 20, "unimax_max_epochs": 2}), "unimax", sizes, [], per_step=10)
+    assert um[0].steps == 20 and um[0].rates["b"] == pytest.approx(20 / 200)  # b capped at 2 epochs of a 200-example budget
+    capped, notes = plan_stages(spec_for(method="class_balanced", max_steps=50), "class_balanced", sizes, [], per_step=10)
+    assert capped[0].steps == 50 and notes["uncapped_steps"] == {"mixture": 1010}
+
+
+def test_baseline_steps():
+    assert baseline_steps(spec_for(), 100, 8) == (125, {"examples_per_step": 8, "max_steps": 15000})
+    steps, notes = baseline_steps(spec_for(baselines={"max_steps": 50}), 100, 8)
+    assert steps == 50 and notes["uncapped_steps"] == 125
+    assert baseline_steps(spec_for(baselines={"steps": 7}), 100, 8)[0] == 7
+
+
+# -- whole jobs on the tiny model ---------------------------------------------------------------
+
+
+def make_job(tmp: Path, base: Path, **over):
+    write_toy_data(tmp, tasks=("sentiment", "topic", "headline"), train=16, dev=6)
+    data = toy_job(tmp, base_model=str(base), **over)
+    return parse_job(data, tmp)
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory, tiny_llama_dir):
+    """A two_stage job whose high-resource tasks come from baseline saturation,
+    with a generation task filtered into its own group."""
+    tmp = tmp_path_factory.mktemp("toyjob")
+    spec = make_job(tmp, tiny_llama_dir, tasks=["sentiment", "topic", "headline"], resources=None,
+                    baselines={"steps": 4}, eval={"every_steps": 2})
+    events: list[dict] = []
+    result = run_job(spec, emit=events.append)
+    return spec, result, events
+
+
+def test_job_trains_baselines_then_groups(toy_run):
+    spec, result, events = toy_run
+    started = [e["run"] for e in events if e["event"] == "run_started"]
+    assert [r.split("-")[0] + "-" + r.split("-")[1] for r in started] == ["st-sentiment", "st-topic", "st-headline", "mt-toy"]
+    groups = {g["group"]: g for g in result.groups}
+    assert set(groups) == {"classification", "generation"}
+    assert groups["classification"]["tasks"] == ["sentiment", "topic"] and not groups["classification"]["reused_baseline"]
+    assert groups["generation"]["reused_baseline"]  # a group of one task is its single-task model
+    assert len(result.checkpoints) == 2
+    rows = {r["task"]: r for r in result.rows}
+    assert rows["headline"]["metric"] == "rouge_l" and rows["sentiment"]["metric"] == "accuracy"
+    assert all(r["zero_shot"] is not None and r["baseline"] is not None and r["multi_task"] is not None for r in rows.values())
+    assert "Zero-shot" in result.table_markdown and "Single-task" in result.table_markdown
+
+
+def test_high_resource_tasks_come_from_baseline_saturation(toy_run):
+    spec, result, events = toy_run
+    resources = [e for e in events if e["event"] == "resources"]
+    assert len(resources) == 1 and resources[0]["source"] == "baseline saturation"
+    detail = resources[0]["detail"]
+    assert set(detail) == {"sentiment", "topic", "headline"}
+    assert sorted(resources[0]["high"]) == sorted(t for t, d in detail.items() if d["high"])
+
+
+def test_stage_order_stage1_only_high_resource_tasks(toy_run):
+    spec, result, events = toy_run
+    high = next(e for e in events if e["event"] == "resources")["high"]
+    mt = [e for e in events if e.get("run", "").startswith("mt-") and e["event"] == "stage_started"]
+    cls_high = sorted(h for h in high if h in ("sentiment", "topic"))
+    if cls_high:
+        assert [e["stage"] for e in mt] == ["stage1", "stage2"]
+        assert sorted(mt[0]["rates"]) == cls_high
+        steps = [e for e in events if e.get("run", "").startswith("mt-") and e["event"] == "step"]
+        assert [e["stage"] for e in steps] == sorted((e["stage"] for e in steps), key=["stage1", "stage2"].index)
+    else:
+        assert [e["stage"] for e in mt] == ["stage2"]
+    assert sorted(mt[-1]["rates"]) == ["sentiment", "topic"]
+
+
+def test_baselines_are_honestly_labelled(toy_run, tiny_llama_dir):
+    spec, result, events = toy_run
+    for r in result.rows:
+        if r["baseline_selected"].startswith("zero-shot"):
+            assert r["baseline_checkpoint"] == "tiny-llama"
+            assert r["baseline"]["value"] == r["zero_shot"]["value"]
+        else:
+            assert r["baseline_checkpoint"].startswith(f"st-{r['task']}-")
+            assert r["baseline"]["value"] > r["zero_shot"]["value"]  # a fine-tuned step is kept only when it beats zero-shot
+            manifest = read_manifest(spec.path("checkpoints") / r["baseline_checkpoint"])
+            assert manifest.metrics["selected"]["step"] > 0 and not manifest.metrics["selected"]["zero_shot"]
+
+
+def test_multi_task_manifest(toy_run, tiny_llama_dir):
+    spec, result, events = toy_run
+    group = next(g for g in result.groups if g["group"] == "classification")
+    manifest = verify_checkpoint(group["checkpoint"]["path"])
+    assert manifest.kind == "full" and manifest.parent == "tiny-llama" and manifest.base["id"] == "tiny-llama"
+    assert [t["name"] for t in manifest.tasks] == ["sentiment", "topic"]
+    assert manifest.tasks[1]["labels"] == [{"name": n, "verbalizer": n} for n in ("room", "food", "staff")]
+    assert all("version" in t and t["content_hash"] for t in manifest.tasks)
+    t = manifest.training
+    assert t["method"] == "two_stage" and t["training"]["lr"] == 1e-3 and t["mixture"]["cap_k"] == 8000
+    assert t["data"]["topic"]["train"]["sha256"] and t["data"]["topic"]["dev"]["evaluated"] == 6
+    assert [s["name"] for s in t["stages"]][-1] == "stage2"
+    m = manifest.metrics
+    assert set(m["dev"]) == {"sentiment", "topic"} and m["dev"]["topic"]["metric"] == "accuracy"
+    assert set(m["baseline"]) == {"sentiment", "topic"} and m["baseline"]["topic"]["run"].startswith("st-topic-")
+    assert set(m["qualification"]) == {"sentiment", "topic"}
+    assert m["qualified"] == sorted(n for n, q in m["qualification"].items() if q["qualified"])
+    assert "low" in m["dev"]["sentiment"] and "ratio_low" in m["qualification"]["sentiment"]
+
+
+def test_a_finished_job_is_reused_from_the_run_cache(toy_run):
+    spec, result, _ = toy_run
+    events: list[dict] = []
+    again = run_job(spec, emit=events.append)
+    assert not [e for e in events if e["event"] in ("step", "run_started")]
+    assert len([e for e in events if e["event"] == "run_cached"]) == 4
+    assert again.rows == result.rows and again.checkpoints == result.checkpoints
+    # finished runs keep their result and evaluations, not the bulky resume state
+    for run in again.runs:
+        folder = spec.runs_path / run
+        assert (folder / "result.json").exists() and not list(folder.glob("state-*"))
+
+
+def test_tables_assemble_from_finished_runs(toy_run):
+    from trainer.report import build_table1
+    from trainer.runs import RunStore, run_results
+
+    spec, result, _ = toy_run
+    rows = run_results(RunStore(spec.runs_path).finished())
+    keys = sorted({(r.method, r.group) for r in rows})
+    assert ("two_stage", "classification") in keys and ("single_task", "topic") in keys and ("zero_shot", "topic") in keys
+    assert {r.model for r in rows} == {"tiny-llama"}
+    table = build_table1([r for r in rows if r.method != "two_stage" or r.group == "classification"], tasks=["sentiment", "topic"])
+    assert [row.method for row in table.rows] == ["single_task", "zero_shot", "two_stage"]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_interrupted_run_needs_resume_or_restart(tmp_path, tiny_llama_dir):
+    spec = make_job(tmp_path, tiny_llama_dir, baselines={"train": False}, mixture={"stage1_steps": 2, "stage2_steps": 4})
+
+    def crash(event):
+        if event.get("event") == "state_saved" and event.get("stage") == "stage2":
+            raise Crash()
+
+    with pytest.raises(Crash):
+        run_job(spec, emit=crash)
+    with pytest.raises(PreconditionError, match="--resume"):
+        run_job(spec)
+    events: list[dict] = []
+    result = run_job(spec, resume=True, emit=events.append)
+    assert [e for e in events if e["event"] == "resumed"][0]["stage"] == "stage2"
+    assert result.rows[0]["baseline"] is None and result.rows[0]["qualified"] is None  # no baselines: nothing to gate on
+    fresh = run_job(make_job(tmp_path / "b", tiny_llama_dir, baselines={"train": False}, mixture={"stage1_steps": 2, "stage2_steps": 4}))
+    a = read_manifest(result.checkpoints[0]).files["model.safetensors"]
+    b = read_manifest(fresh.checkpoints[0]).files["model.safetensors"]
+    assert a == b  # resumed == uninterrupted, byte for byte
+
+
+def test_stage0_continual_pretraining_becomes_the_base(tmp_path, tiny_llama_dir):
+    (tmp_path / "corpus.txt").write_text(
+        "Guest called about a cancelled booking.\nAgent apologised.\n\n" + "The hotel lobby was quiet that night. " * 40 + "\n",
+        encoding="utf-8",
+    )
+    spec = make_job(tmp_path, tiny_llama_dir, stage0={"corpus": "corpus.txt", "steps": 3}, baselines={"steps": 2})
+    events: list[dict] = []
+    result = run_job(spec, emit=events.append)
+    started = [e for e in events if e["event"] == "run_started"]
+    assert started[0]["run"].startswith("stage0-") and started[0]["stages"][0]["rates"] == {"corpus": 1.0}
+    stage0 = next(e["checkpoint"] for e in events if e["event"] == "run_finished" and e["run"].startswith("stage0-"))
+    m0 = verify_checkpoint(stage0)
+    assert m0.kind == "full" and m0.parent == "tiny-llama" and m0.training["method"] == "stage0"
+    assert len(m0.training["corpus_sha256"]) == 64 and m0.tasks == []
+    mt = read_manifest(result.checkpoints[0])
+    assert mt.parent == m0.id  # stages 1-2 start from the domain-adapted model
+    for r in result.rows:  # and so do the baselines (their zero-shot is the stage-0 model's)
+        assert r["baseline_checkpoint"] == m0.id or read_manifest(spec.path("checkpoints") / r["baseline_checkpoint"]).parent == m0.id
+    events2: list[dict] = []
+    run_job(spec, emit=events2.append)
+    assert not [e for e in events2 if e["event"] == "run_started"]
+
+
+def test_bad_lines_fail_by_default_and_can_be_reported(tmp_path, tiny_llama_dir):
+    spec = make_job(tmp_path, tiny_llama_dir, baselines={"train": False})
+    path = tmp_path / "data" / "topic" / "train.jsonl"
+    path.write_text(path.read_text() + '{"text": "x", "label": "spa"}\nnot json\n')
+    with pytest.raises(ValidationError) as info:
+        run_job(spec)
+    assert "train.jsonl:17" in str(info.value) and "train.jsonl:18" in str(info.value) and "on_bad_lines" in str(info.value)
+    events: list[dict] = []
+    result = run_job(parse_job({**spec.to_dict(), "on_bad_lines": "report"}, tmp_path), emit=events.append)
+    assert len(result.bad_lines) == 2 and [e for e in events if e["event"] == "bad_lines"][0]["count"] == 2
+    manifest = read_manifest(result.checkpoints[0])
+    assert manifest.training["data"]["topic"]["train"]["bad_lines"] == 2
+
+
+def test_resolution_errors_name_the_setting(tmp_path, tiny_llama_dir):
+    spec = make_job(tmp_path, tiny_llama_dir, tasks=["sentiment", "nope"], resources={"high": []})
+    with pytest.raises(ValidationError, match=r"tasks\[1\].*'nope'"):
+        run_job(spec)
+    with pytest.raises(ValidationError, match="base_model"):
+        run_job(make_job(tmp_path, tmp_path / "no-such-model"))
+    spec = make_job(tmp_path, tiny_llama_dir)
+    (tmp_path / "data" / "topic" / "dev.jsonl").unlink()
+    with pytest.raises(ValidationError, match="no dev split"):
+        run_job(spec)
+    with pytest.raises(ValidationError, match="output.checkpoints_dir"):
+        run_job(make_job(tmp_path, tiny_llama_dir, tasks=["sentiment"], finetune="lora"))  # adapter not beside its base
+
+
+def test_lora_job_writes_a_loadable_adapter(tmp_path, tiny_llama_dir):
+    from mtserve.engine import Engine, Request
+    from mtserve.inputs import Text
+    from mtserve.models import load_checkpoint
+    from mtserve.tasks import Channel, load_catalogue
+
+    spec = make_job(tmp_path, tiny_llama_dir, finetune="lora", lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                    baselines={"train": False}, output={"checkpoints_dir": str(tiny_llama_dir.parent)})
+    result = run_job(spec)
+    manifest = verify_checkpoint(result.checkpoints[0])
+    assert manifest.kind == "lora" and manifest.base["id"] == "tiny-llama" and "adapter_model.safetensors" in manifest.files
+    assert manifest.training["lora"]["r"] == 4
+    lm = load_checkpoint(result.checkpoints[0], device="cpu", dtype="float32")
+    cat = load_catalogue(tmp_path / "catalogue.yaml")
+    pred = Engine(lm.model, lm.tokenizer, cat.truncation).predict([Request(cat.task("topic"), Text("The coffee was awful.", Channel.REVIEW))])[0]
+    assert pred.label in ("room", "food", "staff")
+    assert json.loads((Path(result.checkpoints[0]) / "adapter_config.json").read_text())["target_modules"]
+
+
+@pytest.mark.slow
+def test_smollm2_job_trains_and_its_checkpoint_scores(tmp_path, default_model_dir):
+    """A few real optimizer steps of SmolLM2-135M on the toy tasks (slow tier)."""
+    import math
+
+    from mtserve.engine import Engine, Request
+    from mtserve.inputs import Text
+    from mtserve.models import load_checkpoint
+    from mtserve.tasks import Channel, load_catalogue
+
+    spec = make_job(tmp_path, default_model_dir, baselines={"train": False}, max_seq_len=256, max_steps=100,
+                    mixture={"stage1_steps": 1, "stage2_steps": 3}, training={"lr": 3e-5, "micro_batch": 4, "grad_accum": 2})
+    events: list[dict] = []
+    result = run_job(spec, emit=events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert len(steps) == 4 and all(math.isfinite(e["loss"]) and e["tokens_per_s"] > 0 for e in steps)
+    lm = load_checkpoint(result.checkpoints[0], device="cpu", dtype="float32")
+    cat = load_catalogue(tmp_path / "catalogue.yaml")
+    pred = Engine(lm.model, lm.tokenizer, cat.truncation).predict([Request(cat.task("sentiment"), Text("The bed was lovely.", Channel.REVIEW))])[0]
+    assert pred.label in ("positive", "negative")
+    print("SmolLM2 seconds per step:", [round(e["seconds_per_step"], 2) for e in steps])

@@ -1,0 +1,744 @@
+"""The training loop: answer-only loss, length-grouped dynamic padding,
+gradient accumulation, AdamW with linear warmup and decay, periodic dev
+evaluation with the best weights kept, and a resumable state.
+
+Examples are rendered once with the one prompt renderer
+(`PromptRenderer.render_training`), so training sees exactly the token
+segments serving scores: the prefix (the input) and the suffix (the task's
+instruction and answer cue) carry no loss (labels -100), the answer (the
+verbalizer or target plus the end-of-answer token) does.
+
+Loss: each example's mean token cross-entropy over its answer tokens, averaged
+over the examples of the optimizer step (all micro-batches and, under DDP, all
+ranks). Averaging per example rather than per token keeps a task's share of the
+gradient equal to its sampling rate: a generation target of 30 tokens would
+otherwise weigh 10x a 3-token label. Stage 0 (causal LM on a corpus) uses the
+same rule with every token of a block as "answer".
+
+Batches: the sampler's draws for `length_group_steps` optimizer steps (a
+"window") are sorted by length and cut into micro-batches, whose order is then
+shuffled with a seeded generator, so padding is small and steps still mix
+lengths. Everything is a function of (seed, stage, window index): a resumed run
+redraws the same window from the sampler state saved at its start.
+
+Schedule (per stage, with a fresh AdamW): linear warmup over
+ceil(warmup_ratio x steps) steps, lr(s) = lr x (s+1)/W, then linear decay
+lr(s) = lr x (S - s)/(S - W) for s >= W, reaching lr/(S-W) at the last step
+(never an update at lr 0). Gradients are clipped to `max_grad_norm`.
+Weight decay (default 0) skips biases and norm weights.
+
+Precision: weights and optimizer state in float32; bf16 autocast on a CUDA GPU
+that supports it (precision auto or bf16), plain float32 on CPU. Determinism:
+torch is seeded per stage, the sampler is seeded, the loop uses no
+nondeterministic CPU ops, and `torch.use_deterministic_algorithms` is on while
+training (on CUDA also set CUBLAS_WORKSPACE_CONFIG=:4096:8, see docs/training.md).
+
+Data parallel: under torchrun (WORLD_SIZE > 1) every rank draws the same window
+and takes micro-batches j with j % world == rank; the model is wrapped in DDP
+(gradients averaged, the loss pre-scaled by the world size so the average is
+the per-example mean above); rank 0 evaluates and writes states and
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtserve.errors import MtserveError, ValidationError
+from mtserve.prompt import PromptRenderer, Segments
+from mtserve.tasks import Task, Taxonomy, TruncationBudget, TruncationPolicy
+from trainer.sampling import MixtureSampler, _shuffled
+
+Emit = Callable[[dict[str, Any]], None]
+
+# Causal-LM classes whose forward is `lm_head(decoder(...).last_hidden_state)`
+# with nothing in between (no logit scaling or soft-capping): for them the loss
+# runs the LM head on answer positions only, which saves about a quarter of the
+# compute of a small model with a large vocabulary. Others use the full forward.
+_PLAIN_HEAD_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3"})
+
+
+# -- features -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One training sequence: token ids, of which the first `n_prompt` carry no loss."""
+
+    task: str
+    ids: tuple[int, ...]
+    n_prompt: int
+
+    @property
+    def n_answer(self) -> int:
+        return len(self.ids) - max(self.n_prompt, 1)
+
+
+@dataclass
+class TrainSet:
+    """A task's training examples, rendered. `items[i]` holds the features of
+    example i: one, or (multi-label, sample_one) one per label question."""
+
+    task: str
+    items: list[tuple[Feature, ...]]
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count (never silent)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pick(self, index: int, draw: int, seed: int) -> Feature:
+        """The feature trained for draw number `draw` of example `index`: a
+        multi-label example asks one of its label questions, chosen by a hash
+        so that the same draw always asks the same one."""
+        feats = self.items[index]
+        if len(feats) == 1:
+            return feats[0]
+        h = hashlib.sha256(f"{seed}/{self.task}/{index}/{draw}".encode()).digest()
+        return feats[int.from_bytes(h[:8], "big") % len(feats)]
+
+
+def _fit(renderer: PromptRenderer, task: Task, example: Any, max_seq_len: int, cache: dict) -> list[Segments] | None:
+    """The example's segments within max_seq_len: rendered normally, and if too
+    long, re-rendered with a smaller input budget (the renderer's own cut, with
+    its marker) until it fits. None when even a minimal input does not fit."""
+    segs = renderer.render_training(task, example.input, example.gold)
+    longest = max(len(s.ids) for s in segs)
+    if longest <= max_seq_len:
+        return segs
+    inp = example.input
+    channel = getattr(inp, "channel", None)
+    base = renderer.policy.budget_for(inp.kind, channel)
+    content = renderer.render_input(inp).content_tokens
+    budget = content - (longest - max_seq_len) - 8
+    for _ in range(4):
+        if budget < 16:
+            return None
+        key = (inp.kind, channel, budget)
+        if key not in cache:
+            policy = TruncationPolicy((TruncationBudget(inp.kind, channel, budget, base.keep_first_turns),))
+            cache[key] = PromptRenderer(renderer.tokenizer, policy, renderer.system_prompt)
+        segs = cache[key].render_training(task, inp, example.gold)
+        longest = max(len(s.ids) for s in segs)
+        if longest <= max_seq_len:
+            return segs
+        budget -= (longest - max_seq_len) + 8
+    return None
+
+
+def encode_task(
+    renderer: PromptRenderer, task: Task, examples: Sequence[Any], *, max_seq_len: int, multilabel: str = "sample_one"
+) -> TrainSet:
+    """Render a task's training examples once (the renderer's segments)."""
+    items: list[tuple[Feature, ...]] = []
+    dropped: dict[str, int] = {}
+    cache: dict = {}
+    for ex in examples:
+        try:
+            segs = _fit(renderer, task, ex, max_seq_len, cache)
+        except MtserveError:
+            dropped["render_error"] = dropped.get("render_error", 0) + 1
+            continue
+        if segs is None:
+            dropped["too_long"] = dropped.get("too_long", 0) + 1
+            continue
+        feats = tuple(Feature(task.name, s.ids, len(s.prefix) + len(s.suffix)) for s in segs)
+        if task.taxonomy is Taxonomy.MULTILABEL and multilabel == "expand":
+            items.extend((f,) for f in feats)
+        else:
+            items.append(feats)
+    if not items:
+        raise ValidationError(
+            f"data({task.name})", f"no training example fits max_seq_len {max_seq_len} (dropped: {dropped})", len(examples)
+        )
+    return TrainSet(task.name, items, dropped)
+
+
+def read_corpus_blocks(tokenizer: Any, path: Path, block_size: int, name: str = "corpus") -> TrainSet:
+    """Stage 0 data: documents separated by blank lines, each tokenized and
+    ended with EOS, concatenated and cut into blocks of block_size tokens (the
+    tail shorter than half a block is dropped and counted)."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    docs = 0
+
+    def flush(lines: list[str]) -> None:
+        nonlocal docs
+        text = "\n".join(lines).strip()
+        if text:
+            ids.extend(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            if eos is not None:
+                ids.append(eos)
+            docs += 1
+
+    lines: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as fp:
+            for line in fp:
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+                else:
+                    flush(lines)
+                    lines = []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError("stage0.corpus", f"cannot read the corpus ({exc})", str(path)) from None
+    flush(lines)
+    items = [(Feature(name, tuple(ids[k : k + block_size]), 0),) for k in range(0, len(ids), block_size)]
+    dropped = {}
+    if items and len(items[-1][0].ids) < block_size // 2 and len(items) > 1:
+        items.pop()
+        dropped["short_tail"] = 1
+    if not items or len(items[0][0].ids) < 2:
+        raise ValidationError("stage0.corpus", "holds no text to train on", str(path))
+    return TrainSet(name, items, dropped)
+
+
+# -- batches --------------------------------------------------------------------------
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor  # (B, T) right-padded
+    attention_mask: torch.Tensor
+    rows: torch.Tensor  # (N,) batch row of each loss position
+    cols: torch.Tensor  # (N,) position whose output predicts the target
+    targets: torch.Tensor  # (N,)
+    weights: torch.Tensor  # (N,) 1 / (answer tokens of its example x examples in the step)
+    tokens: int  # real (unpadded) tokens
+    examples: int
+
+
+def collate(features: Sequence[Feature], pad_id: int, examples_in_step: int) -> MicroBatch:
+    """Right-pad to the longest feature; loss positions are the answer tokens."""
+    width = max(len(f.ids) for f in features)
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    rows, cols, targets, weights = [], [], [], []
+    for b, f in enumerate(features):
+        ids[b, : len(f.ids)] = torch.tensor(f.ids, dtype=torch.long)
+        mask[b, : len(f.ids)] = 1
+        start = max(f.n_prompt, 1)  # token 0 has nothing before it to predict it
+        n = len(f.ids) - start
+        if n <= 0:
+            continue
+        rows += [b] * n
+        cols += list(range(start - 1, len(f.ids) - 1))
+        targets += list(f.ids[start:])
+        weights += [1.0 / (n * examples_in_step)] * n
+    return MicroBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        rows=torch.tensor(rows, dtype=torch.long),
+        cols=torch.tensor(cols, dtype=torch.long),
+        targets=torch.tensor(targets, dtype=torch.long),
+        weights=torch.tensor(weights, dtype=torch.float32),
+        tokens=int(mask.sum()),
+        examples=len(features),
+    )
+
+
+def group_by_length(features: Sequence[Feature], micro_batch: int, seed: int, window: int) -> list[list[Feature]]:
+    """Sort a window's features by length (ties: draw order), cut micro-batches,
+    shuffle their order with a generator seeded by (seed, window)."""
+    order = sorted(range(len(features)), key=lambda i: (len(features[i].ids), i))
+    micro = [[features[j] for j in order[k : k + micro_batch]] for k in range(0, len(order), micro_batch)]
+    perm = _shuffled(len(micro), random.Random(f"{seed}/window/{window}"))
+    return [micro[p] for p in perm]
+
+
+# -- the loss --------------------------------------------------------------------------
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model under a peft wrapper (LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+
+
+class AnswerLoss(nn.Module):
+    """Weighted cross-entropy on the answer positions of a micro-batch. A
+    module, so that DDP wraps the whole computation."""
+
+    def __init__(self, model: Any):
+        super().__init__()
+        self.model = model
+        base = unwrap(model)
+        self.plain_head = getattr(base.config, "model_type", "") in _PLAIN_HEAD_TYPES and hasattr(base, "get_decoder")
+
+    def forward(self, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.plain_head:
+            base = unwrap(self.model)
+            out = base.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            hidden = out.last_hidden_state[batch.rows, batch.cols]
+            logits = base.get_output_embeddings()(hidden)
+        else:
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logits = logits[batch.rows, batch.cols]
+        ce = F.cross_entropy(logits.float(), batch.targets, reduction="none")
+        return (ce * batch.weights).sum(), ce.detach()
+
+
+def reference_answer_loss(model: Any, batch: MicroBatch) -> torch.Tensor:
+    """The same loss through the model's own forward and labels = -100 outside
+    the answers (tests compare the fast path with it)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits.float()
+    labels = torch.full_like(batch.input_ids, -100)
+    labels[batch.rows, batch.cols + 1] = batch.targets
+    shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+    ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none", ignore_index=-100)
+    weights = torch.zeros_like(labels, dtype=torch.float32)
+    weights[batch.rows, batch.cols + 1] = batch.weights
+    return (ce * weights[:, 1:].reshape(-1)).sum()
+
+
+# -- optimizer and schedule -------------------------------------------------------------
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup_ratio: float) -> float:
+    """Linear warmup then linear decay (see the module docstring); step is 0-based."""
+    warm = min(math.ceil(warmup_ratio * total), max(total - 1, 0))
+    if step < warm:
+        return base_lr * (step + 1) / warm
+    return base_lr * max(total - step, 1) / max(total - warm, 1)
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, foreach=False)
+
+
+# -- distributed ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- stages and evaluation hooks ---------------------------------------------------------
+
+
+@dataclass
+class StagePlan:
+    name: str  # stage0 | stage1 | stage2 | single | mixture
+    rates: dict[str, float]  # task -> sampling rate (normalized by the sampler)
+    steps: int
+    lr: float
+    strategy: str = ""  # the rate function's name, for reports
+    eval_every: int = 0  # 0: no periodic evaluation
+    eval_at_start: bool = False  # evaluate before the first update (zero-shot)
+    eval_at_end: bool = False
+    select_best: bool = False  # keep the best evaluated weights (else the last)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "strategy": self.strategy, "rates": dict(self.rates), "steps": self.steps, "lr": self.lr,
+            "eval_every": self.eval_every, "eval_at_start": self.eval_at_start, "eval_at_end": self.eval_at_end,
+            "select_best": self.select_best,
+        }
+
+
+@dataclass
+class EvalPoint:
+    """What an evaluation returns to the loop: a score to maximize (compared as
+    a tuple), a short summary for events and history, and the full payload
+    (written to the run folder)."""
+
+    score: tuple[float, ...]
+    summary: dict[str, Any]
+    payload: dict[str, Any]
+
+
+Evaluator = Callable[[Any, str, int, dict[str, float]], EvalPoint]  # (model, stage, step, epochs per task)
+
+
+@dataclass
+class LoopSettings:
+    seed: int = 0
+    micro_batch: int = 1
+    grad_accum: int = 8
+    length_group_steps: int = 8
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float | None = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16
+    state_every: int = 100
+    log_every: int = 1
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum
+
+
+@dataclass
+class TrainOutcome:
+    steps: int  # optimizer steps over all stages
+    tokens: int
+    seconds: float
+    stages: list[dict[str, Any]]
+    history: list[dict[str, Any]]  # evaluations: stage, step, epochs, summary, score, file
+    best: dict[str, Any] | None  # the selected evaluation (history entry + weights), or None
+    resumed_from: dict[str, Any] | None = None
+
+
+def stage_seed(seed: int, stage_index: int, name: str) -> int:
+    return int(hashlib.sha256(f"{seed}/{stage_index}/{name}".encode()).hexdigest()[:12], 16)
+
+
+class Trainer:
+    """Runs a list of stages on one model, resumably (see trainer.checkpoint)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        settings: LoopSettings,
+        run_dir: Path,
+        *,
+        emit: Emit | None = None,
+        evaluator: Evaluator | None = None,
+        dist: Dist | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.s = settings
+        self.run_dir = Path(run_dir)
+        self.emit = emit or (lambda event: None)
+        self.evaluator = evaluator
+        self.dist = dist or Dist()
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        use_bf16 = settings.precision == "bf16" or (
+            settings.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        if settings.precision == "bf16" and self.device.type != "cuda":
+            raise ValidationError("training.precision", "bf16 autocast is for CUDA GPUs; this run is on", self.device.type)
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.loss_module: nn.Module = AnswerLoss(model)
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = DDP(self.loss_module, device_ids=ids)
+
+    # -- the public call ---------------------------------------------------------------
+    def run(self, stages: Sequence[StagePlan], data: Mapping[str, TrainSet], *, resume: bool = True) -> TrainOutcome:
+        from trainer import checkpoint as ck
+
+        started = time.monotonic()
+        state = ck.load_train_state(self.run_dir, self.model) if resume else None
+        stages_meta: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = []
+        best: dict[str, Any] | None = None
+        tokens_total, steps_total, seconds_before = 0, 0, 0.0
+        first_stage = 0
+        resumed_from = None
+        if state is not None:
+            meta = state.meta
+            stages_meta, history, best = meta["stages"], meta["history"], meta["best"]
+            tokens_total, steps_total, seconds_before = meta["tokens"], meta["steps_total"], meta["seconds"]
+            first_stage = meta["stage_index"]
+            if meta.get("stage_done"):
+                state = None  # saved at a stage boundary: the next stage starts afresh on these weights
+            last = meta.get("last_stage_step", meta.get("step"))
+            resumed_from = {"stage": meta.get("stage"), "step": last, "stage_index": first_stage, "stage_done": bool(meta.get("stage_done"))}
+            self.emit({"event": "resumed", "stage": meta.get("stage"), "step": last, "stage_done": bool(meta.get("stage_done"))})
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            for i in range(first_stage, len(stages)):
+                plan = stages[i]
+                is_last = i == len(stages) - 1
+                resume_here = state if (state is not None and state.meta["stage_index"] == i) else None
+                out = self._run_stage(i, plan, data, resume_here, history, best, tokens_total, steps_total, started - seconds_before, is_last, stages_meta)
+                history, best, tokens_total, steps_total = out
+                state = None
+            self.model.train(False)
+            if best is not None and best.get("weights") not in (None, "last"):
+                if best["weights"] != "base":
+                    ck.load_weights(self.model, self.run_dir / "best" / best["weights"])
+        finally:
+            torch.use_deterministic_algorithms(deterministic)
+        return TrainOutcome(
+            steps=steps_total, tokens=tokens_total, seconds=time.monotonic() - started + seconds_before,
+            stages=stages_meta, history=history, best=best, resumed_from=resumed_from,
+        )
+
+    # -- one stage ----------------------------------------------------------------------
+    def _run_stage(
+        self,
+        index: int,
+        plan: StagePlan,
+        data: Mapping[str, TrainSet],
+        state: Any,
+        history: list[dict[str, Any]],
+        best: dict[str, Any] | None,
+        tokens_total: int,
+        steps_total: int,
+        t0: float,
+        is_last: bool,
+        stages_meta: list[dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int, int]:
+        from trainer import checkpoint as ck
+
+        s = self.s
+        seed = stage_seed(s.seed, index, plan.name)
+        tasks = sorted(plan.rates)
+        sizes = {t: len(data[t]) for t in tasks}
+        sampler = MixtureSampler(plan.rates, sizes, seed)
+        optimizer = build_optimizer(self.model, plan.lr, s.weight_decay)
+        per_step = s.examples_per_step * self.dist.world
+        consumed = {t: 0 for t in tasks}
+        step = 0
+        window_index, window_start_step = 0, 0
+        window_sampler_state = sampler.state_dict()
+        draws_at_window = 0
+        if state is None:
+            torch.manual_seed(seed)
+            if self.device.type == "cuda":
+                torch.cuda.manual_seed_all(seed)
+            stage_meta = {"name": plan.name, "index": index, **plan.to_dict(), "steps_done": 0, "tokens": 0}
+            stages_meta.append(stage_meta)
+            self.emit({"event": "stage_started", "stage": plan.name, "steps": plan.steps, "rates": sampler.rates, "sizes": sizes})
+        else:
+            meta = state.meta
+            step = meta["step"]
+            consumed = dict(meta["consumed"])
+            w = meta["window"]
+            window_index, window_start_step, draws_at_window = w["index"], w["start_step"], w["draws"]
+            window_sampler_state = w["sampler"]
+            sampler.load_state_dict(window_sampler_state)
+            ck.load_optimizer(optimizer, state)
+            ck.restore_rng(state)
+            stage_meta = stages_meta[-1]
+        self.model.train()
+        if state is None and plan.eval_at_start and self.evaluator is not None:
+            best = self._evaluate(plan, 0, consumed, sizes, history, best, is_last, untrained=steps_total == 0)
+            self.model.train()
+        window: list[list[list[Feature]]] = []
+        if step < plan.steps:
+            window = self._draw_window(sampler, data, plan, seed, window_index, window_start_step, draws_at_window)
+        loss_sum, loss_n, tok_window, time_window = 0.0, 0, 0, 0.0
+        while step < plan.steps:
+            k = step - window_start_step
+            if k >= len(window):
+                window_start_step = step
+                draws_at_window += len(window) * per_step
+                window_index += 1
+                window_sampler_state = sampler.state_dict()
+                window = self._draw_window(sampler, data, plan, seed, window_index, window_start_step, draws_at_window)
+                k = 0
+            tic = time.monotonic()
+            micro = window[k]
+            for f in (f for mb in micro for f in mb):
+                consumed[f.task] += 1
+            lr = lr_at(step, plan.steps, plan.lr, s.warmup_ratio)
+            loss, tokens = self._step(optimizer, micro, lr, per_step)
+            step += 1
+            steps_total += 1
+            tokens_total += tokens
+            stage_meta["steps_done"] = step
+            stage_meta["tokens"] = stage_meta.get("tokens", 0) + tokens
+            dt = time.monotonic() - tic
+            loss_sum, loss_n, tok_window, time_window = loss_sum + loss, loss_n + 1, tok_window + tokens, time_window + dt
+            if step % s.log_every == 0 or step == plan.steps:
+                self.emit({
+                    "event": "step", "stage": plan.name, "step": step, "steps": plan.steps, "loss": loss_sum / loss_n,
+                    "lr": lr, "tokens_per_s": tok_window / max(time_window, 1e-9), "seconds_per_step": time_window / loss_n,
+                    "epochs": {t: consumed[t] / sizes[t] for t in tasks},
+                })
+                loss_sum, loss_n, tok_window, time_window = 0.0, 0, 0, 0.0
+            due_eval = self.evaluator is not None and (
+                (plan.eval_every and step % plan.eval_every == 0) or (step == plan.steps and plan.eval_at_end)
+            )
+            if due_eval:
+                best = self._evaluate(plan, step, consumed, sizes, history, best, is_last, untrained=False)
+                self.model.train()
+            if step % s.state_every == 0 or step == plan.steps:
+                meta = {
+                    "stage_index": index if step < plan.steps else index + 1,
+                    "stage": plan.name,
+                    "step": step if step < plan.steps else 0,
+                    "consumed": consumed if step < plan.steps else {},
+                    "window": {"index": window_index, "start_step": window_start_step, "draws": draws_at_window, "sampler": window_sampler_state},
+                    "stages": stages_meta,
+                    "history": history,
+                    "best": best,
+                    "tokens": tokens_total,
+                    "steps_total": steps_total,
+                    "seconds": time.monotonic() - t0,
+                    "stage_done": step == plan.steps,
+                    "last_stage_step": step,
+                }
+                if step == plan.steps:
+                    meta["window"] = None
+                if self.dist.main:
+                    ck.save_train_state(self.run_dir, self.model, optimizer, meta)
+                    ck.prune_best(self.run_dir, keep=(best or {}).get("weights"))
+                    self.emit({"event": "state_saved", "stage": plan.name, "step": step})
+                barrier(self.dist)
+        stage_meta["epochs"] = {t: consumed[t] / sizes[t] for t in tasks}
+        return history, best, tokens_total, steps_total
+
+    def _draw_window(
+        self, sampler: MixtureSampler, data: Mapping[str, TrainSet], plan: StagePlan, seed: int, window: int, start_step: int, draws: int
+    ) -> list[list[list[Feature]]]:
+        """The next `length_group_steps` steps (fewer at the end of the stage):
+        step -> micro-batches of this rank."""
+        s = self.s
+        n_steps = min(s.length_group_steps, plan.steps - start_step)
+        per_step_micro = s.grad_accum * self.dist.world
+        feats = []
+        for j in range(n_steps * per_step_micro * s.micro_batch):
+            task, idx = next(sampler)
+            feats.append(data[task].pick(idx, draws + j, s.seed))
+        micro = group_by_length(feats, s.micro_batch, seed, window)
+        steps = []
+        for k in range(n_steps):
+            chunk = micro[k * per_step_micro : (k + 1) * per_step_micro]
+            steps.append(chunk)
+        return steps
+
+    def _step(self, optimizer: torch.optim.Optimizer, micro: list[list[Feature]], lr: float, per_step: int) -> tuple[float, int]:
+        """One optimizer step over this step's micro-batches; returns (loss of
+        the whole step as seen by this rank, real tokens)."""
+        mine = [mb for j, mb in enumerate(micro) if j % self.dist.world == self.dist.rank]
+        examples_in_step = sum(len(mb) for mb in micro)
+        total_loss, tokens = 0.0, 0
+        for j, mb in enumerate(mine):
+            batch = collate(mb, self.pad_id, examples_in_step)
+            batch = _to(batch, self.device)
+            sync = contextlib.nullcontext()
+            if self.dist.world > 1 and j < len(mine) - 1:
+                sync = self.loss_module.no_sync()  # type: ignore[operator]
+            with sync:
+                with self._autocast():
+                    loss, _ = self.loss_module(batch)
+                (loss * self.dist.world).backward()
+            total_loss += float(loss.detach())
+            tokens += batch.tokens
+        if self.s.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.s.max_grad_norm)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total_loss * self.dist.world, tokens
+
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _evaluate(
+        self,
+        plan: StagePlan,
+        step: int,
+        consumed: dict[str, int],
+        sizes: dict[str, int],
+        history: list[dict[str, Any]],
+        best: dict[str, Any] | None,
+        is_last: bool,
+        *,
+        untrained: bool,
+    ) -> dict[str, Any] | None:
+        from trainer import checkpoint as ck
+
+        epochs = {t: consumed[t] / sizes[t] for t in sizes}
+        entry: dict[str, Any] = {"stage": plan.name, "step": step, "epochs": epochs}
+        if self.dist.main:
+            assert self.evaluator is not None
+            point = self.evaluator(self.model, plan.name, step, epochs)
+            name = f"{plan.name}-{step:07d}.json"
+            ck.write_json(self.run_dir / "evals" / name, point.payload)
+            entry.update(summary=point.summary, score=list(point.score), file=name)
+        history.append(entry)
+        improved = False
+        if plan.select_best and is_last and self.dist.main:
+            if best is None or tuple(entry["score"]) > tuple(best["score"]):
+                improved = True
+                # Before any update the model is the base checkpoint itself: no copy.
+                weights = "base" if untrained else f"{plan.name}-{step:07d}.safetensors"
+                if weights != "base":
+                    ck.save_weights(self.model, self.run_dir / "best" / weights)
+                best = {**entry, "weights": weights}
+        elif is_last and not plan.select_best and self.dist.main:
+            best = {**entry, "weights": "last"}
+        self.emit({"event": "eval", "stage": plan.name, "step": step, "epochs": epochs, "summary": entry.get("summary"), "best": improved})
+        return best
+
+
+def _to(batch: MicroBatch, device: torch.device) -> MicroBatch:
+    if device.type == "cpu":
+        return batch
+    return MicroBatch(
+        input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device), rows=batch.rows.to(device),
+        cols=batch.cols.to(device), targets=batch.targets.to(device), weights=batch.weights.to(device),
+        tokens=batch.tokens, examples=batch.examples,
+    )
+
+
+__all__ = [
+    "AnswerLoss",
+    "Dist",
+    "EvalPoint",
+    "Feature",
+    "LoopSettings",
+    "MicroBatch",
+    "StagePlan",
+    "TrainOutcome",
+    "TrainSet",
+    "Trainer",
+    "build_optimizer",
+    "collate",
+    "encode_task",
+    "group_by_length",
+    "init_distributed",
+    "lr_at",
+    "read_corpus_blocks",
+    "reference_answer_loss",
+    "stage_seed",
+]
