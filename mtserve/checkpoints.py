@@ -38,7 +38,7 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 class Manifest:
     id: str
     kind: str = "full"  # full | lora
-    base: dict[str, str] | None = None  # {"id": ..., "manifest_sha256": ...} for lora; origin info for full
+    base: dict[str, str] | None = None  # {"id": ..., "content_sha256": ...} for lora; origin info for full
     tasks: list[dict[str, Any]] = field(default_factory=list)  # [{"name": ..., "version": ...}]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +65,7 @@ class Manifest:
         if data.get("kind", "full") not in ("full", "lora"):
             raise ValidationError(f"{where}.kind", "must be full or lora", data.get("kind"))
         if data.get("kind") == "lora" and not (isinstance(data.get("base"), Mapping) and data["base"].get("id")):
-            raise ValidationError(f"{where}.base", "a LoRA checkpoint names its base checkpoint id and manifest hash", data.get("base"))
+            raise ValidationError(f"{where}.base", "a LoRA checkpoint names its base checkpoint id and content hash", data.get("base"))
         if not isinstance(data.get("files", {}), Mapping):
             raise ValidationError(f"{where}.files", "must map file names to sha256", data.get("files"))
         return cls(**dict(data))
@@ -164,6 +164,14 @@ def read_manifest(folder: str | Path) -> Manifest:
 
 def manifest_sha256(folder: str | Path) -> str:
     return sha256_file(Path(folder) / MANIFEST)
+
+
+def content_sha256(manifest: Manifest) -> str:
+    """The identity of a checkpoint's files (not of its manifest, which holds a
+    creation time): the same weights and tokenizer give the same digest on
+    every machine, so an adapter can name the base it was trained on."""
+    lines = "".join(f"{name}\t{digest}\n" for name, digest in sorted(manifest.files.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def verify_checkpoint(folder: str | Path) -> Manifest:

@@ -24,7 +24,7 @@ import torch
 from mtserve.checkpoints import (
     Manifest,
     checkpoint_dir,
-    manifest_sha256,
+    content_sha256,
     read_manifest,
     staging_dir,
     verify_checkpoint,
@@ -113,13 +113,12 @@ def load_checkpoint(
         if not base_dir.exists():
             raise NotFoundError(f"checkpoint {manifest.id!r} is a LoRA adapter on {base_id!r}, which is not at {base_dir}")
         base_manifest = verify_checkpoint(base_dir) if verify else read_manifest(base_dir)
-        expected = manifest.base.get("manifest_sha256")  # type: ignore[union-attr]
-        if expected and manifest_sha256(base_dir) != expected:
-            raise IntegrityError(f"checkpoint {manifest.id!r}: its base {base_id!r} has changed (manifest hash differs)")
+        expected = manifest.base.get("content_sha256")  # type: ignore[union-attr]
+        if expected and content_sha256(base_manifest) != expected:
+            raise IntegrityError(f"checkpoint {manifest.id!r}: the base {base_id!r} at {base_dir} is not the model it was trained on (content hash differs)")
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype, attn_implementation=attn, local_files_only=True)
         model = PeftModel.from_pretrained(model, str(folder), local_files_only=True).merge_and_unload()
         tok_dir = folder if (folder / "tokenizer_config.json").exists() else base_dir
-        del base_manifest
     else:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, attn_implementation=attn, local_files_only=True)
         tok_dir = folder

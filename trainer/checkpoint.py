@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from mtserve.checkpoints import Manifest, checkpoint_dir, manifest_sha256, read_manifest, staging_dir, verify_checkpoint, write_manifest
+from mtserve.checkpoints import Manifest, checkpoint_dir, content_sha256, read_manifest, staging_dir, verify_checkpoint, write_manifest
 from mtserve.errors import IntegrityError
 
 STATE_VERSION = 1
@@ -238,8 +238,9 @@ def clear_train_state(run_dir: Path) -> None:
 
 
 def base_identity(base_dir: Path) -> dict[str, str]:
-    """How a checkpoint names its base: id and the sha256 of its manifest."""
-    return {"id": read_manifest(base_dir).id, "manifest_sha256": manifest_sha256(base_dir)}
+    """How a checkpoint names its base: id and the digest of its files."""
+    manifest = read_manifest(base_dir)
+    return {"id": manifest.id, "content_sha256": content_sha256(manifest)}
 
 
 def write_checkpoint(

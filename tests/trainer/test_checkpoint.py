@@ -146,3 +146,23 @@ def test_lora_checkpoint_is_an_adapter_on_a_named_base(smollm2_tok, tmp_path):
     _, adapted = score(path)
     _, plain = score(base)
     assert adapted.scores != plain.scores
+
+
+def test_lora_checkpoint_refuses_a_different_base_under_the_same_id(smollm2_tok, tmp_path):
+    """The adapter names its base by content, not by path or manifest: a base
+    rebuilt with other weights under the same id is refused, naming it."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from mtserve.errors import IntegrityError
+
+    base = build_tiny_checkpoint(tmp_path / "tiny", smollm2_tok, checkpoint_id="tiny", seed=0)
+    lm = load_checkpoint(base, device="cpu", dtype="float32")
+    model = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    path = ck.write_checkpoint(tmp_path, "toy-lora2", model, lm.tokenizer, base_dir=base, lora=True, tasks=[], metrics={}, training={})
+    load_checkpoint(path, device="cpu")  # the right base: fine
+    shutil.rmtree(base)
+    build_tiny_checkpoint(tmp_path / "tiny", smollm2_tok, checkpoint_id="tiny", seed=1)
+    with pytest.raises(IntegrityError, match="base 'tiny' .* is not the model it was trained on"):
+        load_checkpoint(path, device="cpu")
