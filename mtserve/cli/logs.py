@@ -82,3 +82,28 @@ def check_cmd(
         typer.echo(f"  {code}: {count}")
     if day.ignored:
         typer.echo(f"ignored (not log files): {', '.join(day.ignored)}")
+
+
+@logs_app.command("datasets")
+def datasets_cmd(
+    date: str = typer.Option(..., "--date", help="The first day, YYYY-MM-DD."),
+    days: int = typer.Option(1, "--days", min=1, help="Consecutive days to generate."),
+    n: int = typer.Option(..., "--n", min=1, help="Conversations per day (plus n/4 e-mails and n/4 reviews)."),
+    out: Path = typer.Option(..., "--out", help="Writes <out>/<task>/{train,dev,test}.jsonl (the trainer's data format)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the days and the split."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+) -> None:
+    """Write SYNTHETIC training data for every hotel task (for demos and tests only)."""
+    import datetime as dt
+
+    from batch.synth import generate_day, to_task_datasets
+
+    first = dt.date.fromisoformat(date)
+    generated = [generate_day(first + dt.timedelta(days=k), n, seed) for k in range(days)]
+    counts = to_task_datasets(generated, out, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(counts, indent=2))
+        return
+    for task, splits in counts.items():
+        typer.echo(f"{task}\t" + "\t".join(f"{split}={k}" for split, k in splits.items()))
+    typer.echo(f"SYNTHETIC training data in {out}; for demos and tests only", err=True)
