@@ -157,7 +157,25 @@ class BatchSettings(_Section):
 
 class TrainerSettings(_Section):
     address: str = "127.0.0.1:50053"
-    jobs_dir: str | None = None  # under home by default
+    # One folder per job (job.json, the spec, its event log, stderr); under home by default.
+    jobs_dir: str | None = None
+    # Where jobs register their checkpoints and promote routes (default: registry.address).
+    registry_address: str | None = None
+    # Jobs running at once; more wait as QUEUED. Two trainings on the same
+    # cores or GPU are each much slower than half speed (docs/training.md).
+    max_running_jobs: int = Field(1, ge=1)
+    # Cancelling (and stopping the service): SIGTERM to the job's process
+    # group, SIGKILL after this long.
+    cancel_grace_seconds: float = Field(10.0, ge=0)
+    # How often running jobs' processes and event logs are looked at.
+    poll_seconds: float = Field(0.2, gt=0)
+    # gRPC server: each WatchJob stream holds a worker thread.
+    max_workers: int = Field(16, ge=2)
+    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    # Deadline of each call the CLI makes to the service (CancelJob waits for
+    # the process to end: it gets cancel_grace_seconds more).
+    client_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class Settings(_Section):
@@ -195,6 +213,14 @@ class Settings(_Section):
     @property
     def inference_registry_address(self) -> str:
         return self.inference.registry_address or self.registry.address
+
+    @property
+    def trainer_jobs_dir(self) -> Path:
+        return Path(self.trainer.jobs_dir).expanduser() if self.trainer.jobs_dir else self.home / "trainer-jobs"
+
+    @property
+    def trainer_registry_address(self) -> str:
+        return self.trainer.registry_address or self.registry.address
 
     @property
     def inference_state_file(self) -> Path:

@@ -1,13 +1,19 @@
-"""`python -m trainer run -f job.yaml [--resume|--restart]`: the same job
-runner as `mtserve train run`, as a plain module so that launchers can start
-it once per GPU:
+"""`python -m trainer run -f job.yaml [--resume|--restart] [--promote]`: the
+same job runner as `mtserve train run`, as a plain module so that launchers
+can start it once per GPU, and the trainer service once per job:
 
     torchrun --nproc_per_node 4 -m trainer run -f job.yaml
     accelerate launch --multi_gpu --num_processes 4 -m trainer run -f job.yaml
 
 Under a launcher (WORLD_SIZE > 1) every rank trains its share of each batch
 (DDP); rank 0 evaluates, writes run folders and checkpoints, and prints the
-progress events as JSON lines on stdout. Errors: one line on stderr, exit 2.
+progress events as JSON lines on stdout, the last one `{"event": "result",
+...}`. Errors: one line on stderr, exit 2.
+
+With `--promote` (or `promote: true` in the spec) or `--register`, rank 0
+checks that the registry answers before training and, when the job ends,
+registers its checkpoints and (promote) routes the qualified tasks
+(trainer/promote.py); the `promotion` event and the result say what moved.
 """
 
 from __future__ import annotations
@@ -19,16 +25,31 @@ import sys
 
 from mtserve.errors import MtserveError
 
+# How long the pre-training registry check waits, and how long registering a
+# checkpoint may take (the registry hashes every file of the folder).
+CHECK_TIMEOUT_SECONDS = 10.0
+REGISTER_TIMEOUT_SECONDS = 600.0
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Run an mtserve training job (see docs/training.md).")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a job spec")
     run.add_argument("-f", "--file", required=True, help="the job spec (YAML)")
+    run.add_argument("--base-dir", help="the folder relative paths of the spec start from (default: the spec file's folder)")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs")
     run.add_argument("--restart", action="store_true", help="discard the state of interrupted runs")
+    run.add_argument("--promote", action="store_true", help="at the end, register the checkpoints and route the qualified tasks")
+    run.add_argument("--register", action="store_true", help="at the end, register the checkpoints (routes unchanged)")
+    run.add_argument("--registry", help="registry HOST:PORT (default: settings registry.address)")
     run.add_argument("--events", choices=["jsonl", "none"], default="jsonl", help="print progress events on stdout (rank 0)")
+    run.add_argument(
+        "--exit-with-parent", type=int, metavar="PID",
+        help="(the trainer service) end when the process PID that started this one ends, even if it is killed (Linux)",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent(args.exit_with_parent)
     rank = int(os.environ.get("RANK", "0"))
 
     def emit(event: dict) -> None:
@@ -38,18 +59,85 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume and args.restart:
             raise MtserveError("give --resume or --restart, not both")
-        from trainer.job import load_job
+        from trainer.job import load_job, parse_job
         from trainer.pipeline import run_job
 
-        result = run_job(load_job(args.file), emit=emit, resume=args.resume, restart=args.restart)
+        if args.base_dir:
+            spec = parse_job(_read_yaml(args.file), base_dir=args.base_dir, source=os.path.basename(args.file))
+        else:
+            spec = load_job(args.file)
+        promote = args.promote or spec.promote
+        registry = None
+        if (promote or args.register) and rank == 0:
+            registry = _registry_check(spec, args.registry, promote, emit)
+        try:
+            result = run_job(spec, emit=emit, resume=args.resume, restart=args.restart)
+            out = result.to_dict()
+            if registry is not None:
+                from trainer.promote import finish_job
+
+                report = finish_job(out, registry[0], promote=promote, address=registry[1], emit=emit,
+                                    result_file=spec.runs_path / f"job-{spec.name}.result.json")
+                out["promotion"] = report.to_dict()
+        finally:
+            if registry is not None:
+                registry[0].close()  # type: ignore[attr-defined]
         if rank == 0:
-            print(json.dumps({"event": "result", **result.to_dict()}, ensure_ascii=False), flush=True)
+            print(json.dumps({"event": "result", **out}, ensure_ascii=False), flush=True)
         return 0
     except MtserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         _shutdown()
+
+
+def _read_yaml(path: str) -> object:
+    import yaml
+
+    from mtserve.errors import ValidationError
+
+    try:
+        with open(path, encoding="utf-8") as fp:
+            return yaml.safe_load(fp)
+    except OSError as exc:
+        raise ValidationError("job", f"cannot read file ({exc.strerror})", path) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError(path, f"is not valid YAML: {exc}", None, show_value=False) from None
+
+
+def _registry_check(spec: object, address: str | None, promote: bool, emit: object) -> tuple[object, str]:
+    """The registry must answer before hours of training; returns a client
+    for the end of the job and its address."""
+    from mtserve.config import load_settings
+    from services.registry.client import RegistryClient
+    from trainer.pipeline import resolve_catalogue, resolve_tasks
+    from trainer.promote import check_registry
+
+    address = address or load_settings().registry.address
+    tasks = resolve_tasks(spec, resolve_catalogue(spec))  # type: ignore[arg-type]
+    with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:
+        event = check_registry(probe, address, tasks, what="--promote" if promote else "--register")
+    emit(event)  # type: ignore[operator]
+    return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), address
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this process when the thread that started it
+    ends (the trainer service's launcher thread), however the service dies,
+    so that a job never trains on unobserved. A parent already gone: exit."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the service's restart check still finds it
+        pass
+    if os.getppid() != parent:
+        print(f"error: the process that started this job (pid {parent}) is gone", file=sys.stderr)
+        sys.exit(3)
 
 
 def _shutdown() -> None:

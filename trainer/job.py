@@ -31,6 +31,7 @@ typo for another method, not a no-op), in the spirit of
     lora:       null                # {r: 16, alpha: 32, dropout: 0.05, target_modules: [...]}
     eval:       {every_steps: 50, multitask_every_steps: 0, dev_cap: 1000, test: false}
     output:     {runs_dir: runs, checkpoints_dir: null}
+    promote:    false               # at the end: register the checkpoints, route the qualified tasks
 
 Relative paths are relative to the folder of the spec file.
 """
@@ -217,6 +218,10 @@ class JobSpec(_Section):
     lora: LoraSpec | None = None
     eval: EvalSpec = Field(default_factory=EvalSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    # When the job ends, register its checkpoints with the registry and route
+    # each qualified task to its new checkpoint (trainer/promote.py); the same
+    # as `--promote` on the command line. Not part of any run key.
+    promote: bool = False
 
     # Where relative paths start (the spec file's folder); not part of the YAML.
     _base_dir: Path = Path(".")

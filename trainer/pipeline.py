@@ -881,6 +881,8 @@ def _job_result(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: S
         row: dict[str, Any] = {"task": task.name, "metric": None, "zero_shot": None, "baseline": None, "baseline_checkpoint": None,
                                "baseline_selected": None, "multi_task": None, "ratio": None, "ratio_low": None, "ratio_high": None,
                                "qualified": None, "verdict": None, "group": g["group"] if g else None,
+                               # the definition trained and evaluated: promotion compares it with the registry's
+                               "task_version": task.version, "definition_hash": task.content_hash(),
                                "checkpoint": g["checkpoint"]["id"] if g else (b["checkpoint"]["id"] if b else None)}
         if b is not None:
             dev = TaskEval.from_dict(b["dev"])

@@ -113,6 +113,64 @@ def toy_job(out: Path, **overrides: Any) -> dict[str, Any]:
     return job
 
 
+# -- a job with a known promotion outcome --------------------------------------------------------
+def _binary(name: str, instruction: str) -> dict[str, Any]:
+    return {
+        "name": name, "instruction": instruction + " Answer {labels}.", "input_kind": "text", "taxonomy": "binary", "channels": ["review"],
+        "labels": [{"name": "positive", "verbalizer": "positive"}, {"name": "negative", "verbalizer": "negative"}],
+    }
+
+
+PROMOTION_CATALOGUE: dict[str, Any] = {
+    "catalogue": "promo",
+    "description": "Three binary tasks sharing their verbalizers; two agree, the third contradicts them.",
+    "tasks": [
+        _binary("polarity", "Is the review positive or negative?"),
+        _binary("mood", "Was the guest happy?"),
+        _binary("stubborn", "Is this stay negative?"),
+    ],
+}
+PROMOTION_LABELS = {"polarity": "positive", "mood": "positive", "stubborn": "negative"}
+
+
+def write_promotion_job(out: Path, base_model: str | Path, **overrides: Any) -> Path:
+    """A three-task two_stage job whose promotion outcome does not depend on
+    luck, for tests of `--promote` (returns the job file).
+
+    Every example of `polarity` and `mood` is labelled positive, every one of
+    `stubborn` negative, with the same verbalizers. Each single-task baseline
+    learns its constant answer (dev 1.0). The multi-task model trains
+    `polarity` and `mood` (the high-resource tasks) through all of stage 1,
+    and stage 2 has a single step: it answers "positive" everywhere, so
+    `polarity` and `mood` reach their baselines (ratio 1.0, qualified) and
+    `stubborn` scores 0 against 1.0 (not qualified, interval [0, 0])."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "catalogue.yaml").write_text(yaml.safe_dump(PROMOTION_CATALOGUE, sort_keys=False), encoding="utf-8")
+    things = ["bed", "breakfast", "porter", "view", "pool", "coffee"]
+    for task, label in PROMOTION_LABELS.items():
+        folder = out / "data" / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", 24), ("dev", 8)):
+            rng = random.Random(f"{task}/{split}")
+            lines = [json.dumps({"id": f"{task}-{split}-{i}", "text": f"The {rng.choice(things)} was fine. Stay {i}.", "label": label}) for i in range(n)]
+            (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job: dict[str, Any] = {
+        "name": "promo", "catalogue": "catalogue.yaml", "data_dir": "data", "base_model": str(base_model), "method": "two_stage",
+        "max_steps": 100, "max_seq_len": 128, "device": "cpu",
+        "training": {"lr": 3e-3, "micro_batch": 4, "grad_accum": 1, "warmup_ratio": 0.1, "state_every_steps": 4},
+        "mixture": {"stage1_steps": 12, "stage2_steps": 1},
+        "baselines": {"steps": 8},
+        "resources": {"high": ["polarity", "mood"]},
+        "eval": {"every_steps": 4, "dev_cap": 8, "batch_size": 16},
+        "output": {"runs_dir": "runs", "checkpoints_dir": "checkpoints"},
+    }
+    job.update(overrides)
+    path = out / "job.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def main() -> None:  # pragma: no cover - a convenience
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)

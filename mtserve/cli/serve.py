@@ -1,4 +1,4 @@
-"""`mtserve serve registry|inference`: run a gRPC service until SIGINT or
+"""`mtserve serve registry|inference|trainer`: run a gRPC service until SIGINT or
 SIGTERM, then shut down gracefully (health NOT_SERVING, new calls refused,
 calls in flight finish within the grace period)."""
 
@@ -79,3 +79,21 @@ def serve_inference(
     s = _settings(config, **{"inference.address": address, "inference.registry_address": registry, "inference.state_file": state_file})
     service, port = create_server(s.inference.address, s)
     _run(service, "inference", s.inference.address, port)
+
+
+@serve_app.command("trainer")
+def serve_trainer(
+    config: Optional[Path] = ConfigOption,
+    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT to listen on (default: trainer.address; port 0 = any free port)."),
+    jobs_dir: Optional[str] = typer.Option(None, "--jobs-dir", help="The jobs folder (default: trainer.jobs_dir, under MTSERVE_HOME)."),
+    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT jobs register and promote in (default: trainer.registry_address)."),
+    max_running: Optional[int] = typer.Option(None, "--max-running", help="Jobs training at once; more wait queued (default: trainer.max_running_jobs)."),
+) -> None:
+    """The trainer service: jobs run as subprocesses, survive a restart as
+    interrupted (resumable); stopping the service stops its running jobs."""
+    from services.trainer.server import create_server
+
+    s = _settings(config, **{"trainer.address": address, "trainer.jobs_dir": jobs_dir, "trainer.registry_address": registry,
+                             "trainer.max_running_jobs": max_running})
+    service, port = create_server(s.trainer.address, s)
+    _run(service, "trainer", s.trainer.address, port)

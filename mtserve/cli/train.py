@@ -1,21 +1,28 @@
-"""`mtserve train run -f job.yaml`: a training job, locally, with a progress
-bar, then the per-task table (zero-shot, baseline, multi-task, ratio,
-qualified) and the checkpoint paths. The trainer service's `submit|status|
-watch|cancel` verbs come with the service."""
+"""`mtserve train ...`: training jobs.
+
+    run -f job.yaml [--promote]       locally, with a progress bar, then the per-task table (zero-shot,
+                                      baseline, multi-task, ratio, qualified), the checkpoint paths and,
+                                      with --promote/--register, what moved in the registry
+    validate -f job.yaml              the spec with every default filled in
+    submit -f job.yaml [--promote]    the same job on the trainer service (`mtserve serve trainer`)
+    status [JOB] | watch JOB | cancel JOB | resume JOB
+
+The service's client (and grpc with it) is imported inside the commands that
+need it; `run` imports the registry client only when asked to register."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import typer
 
 from mtserve.cli import app, settings
-from mtserve.errors import ValidationError
+from mtserve.errors import MtserveError, ValidationError
 
-train_app = typer.Typer(help="Train multi-task models with the paper's pipeline (local jobs).", no_args_is_help=True)
+train_app = typer.Typer(help="Train multi-task models with the paper's pipeline (locally, or on the trainer service).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
@@ -84,6 +91,23 @@ class _Display:
             self.line(f"[yellow]{e['task']}: training examples dropped: {e['reasons']}[/yellow]")
         elif kind == "resources":
             self.line(f"high-resource tasks ({e['source']}): {e['high'] or 'none'}")
+        elif kind == "registry_checked":
+            self.line(f"registry {e['registry']} answers (revision {e['revision']})")
+            for warning in e.get("warnings") or []:
+                self.line(f"[yellow]{warning}[/yellow]")
+        elif kind == "promotion":
+            for text in _report_lines(e):
+                self.line(text)
+        elif kind == "promotion_failed":
+            self.line(f"[red]registry {e.get('registry')}: {e.get('error')}[/red]")
+        elif kind == "job_queued":
+            self.line(f"job {e.get('id')}: queued{' to resume' if e.get('action') == 'resume' else ''}")
+        elif kind == "attempt_started":
+            self.line(f"job {e.get('id')}: {e.get('action')} (attempt {e.get('attempt')})")
+        elif kind == "job_state":
+            self.line(f"job {e.get('id')}: {e.get('state')}{': ' + e['error'] if e.get('error') else ''}")
+        elif kind == "job_failed":
+            self.line(f"[red]{e.get('error')}[/red]")
 
 
 def _pct(est: Mapping[str, Any] | None) -> str:
@@ -92,10 +116,56 @@ def _pct(est: Mapping[str, Any] | None) -> str:
     return f"{est['value'] * 100:.1f} ({est['low'] * 100:.1f}-{est['high'] * 100:.1f})"
 
 
-def print_result(result: Any) -> None:
+def _report_lines(report: Mapping[str, Any]) -> list[str]:
+    """A promotion report (trainer.promote.PromotionReport.to_dict()) as lines."""
+    out = [f"registered {c['id']} ({'new' if c['changed'] else 'already registered'})" for c in report.get("registered", [])]
+    if not report.get("promote"):
+        out.append("routes unchanged (registration only; --promote moves the qualified tasks)")
+        return out
+    for t in report.get("tasks", []):
+        before = (t.get("route_before") or {}).get("checkpoint_id") or "no route"
+        if t["action"] == "moved":
+            out.append(f"{t['task']}: moved {before} -> {t['checkpoint_id']} (task version {t['task_version']}): {t['reason']}")
+        elif t["action"] == "already routed":
+            out.append(f"{t['task']}: already on {t['checkpoint_id']} (task version {t['task_version']})")
+        else:
+            out.append(f"{t['task']}: stayed on {before}: {t['reason']}")
+    return out
+
+
+def print_promotion(report: Mapping[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    for c in report.get("registered", []):
+        console.print(f"registered: {c['id']} ({'new' if c['changed'] else 'already registered'})", soft_wrap=True, highlight=False)
+    if not report.get("promote"):
+        console.print("routes unchanged (registration only; --promote moves the qualified tasks)")
+        return
+    table = Table(title=f"promotion in the registry at {report.get('registry')}" + (f" (revision {report['revision']})" if report.get("revision") else ""))
+    for col in ("task", "route", "from", "to", "why"):
+        table.add_column(col)
+    for t in report.get("tasks", []):
+        before = (t.get("route_before") or {}).get("checkpoint_id") or "-"
+        after = (t.get("route_after") or {}).get("checkpoint_id") or "-"
+        version = f" v{t['task_version']}" if t.get("task_version") and t["action"] != "stayed" else ""
+        table.add_row(t["task"], t["action"], before, after + version, t["reason"])
+    console.print(table)
+    moved, stayed = report.get("moved") or [], report.get("stayed") or []
+    console.print(f"moved: {', '.join(moved) or 'none'}   stayed: {', '.join(stayed) or 'none'}", highlight=False)
+
+
+def print_result(result: Any) -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if isinstance(result, Mapping):  # a result as JSON (the trainer service's)
+        result = SimpleNamespace(**{"bad_lines": [], **result})
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a log file or a pipe: do not squeeze the table into 80 columns
@@ -119,6 +189,8 @@ def print_result(result: Any) -> None:
         console.print(f"checkpoint: {path}", soft_wrap=True, highlight=False)
     if result.bad_lines:
         console.print(f"[yellow]{len(result.bad_lines)} bad data line(s) were skipped[/yellow]")
+    if getattr(result, "promotion", None):
+        print_promotion(result.promotion)
 
 
 @train_app.command("run")
@@ -126,11 +198,15 @@ def run_cmd(
     file: Path = typer.Option(..., "--file", "-f", help="The job spec (YAML)."),
     resume: bool = typer.Option(False, "--resume", help="Continue interrupted runs from their last saved state."),
     restart: bool = typer.Option(False, "--restart", help="Discard the state of interrupted runs and train them again."),
+    promote: bool = typer.Option(False, "--promote", help="At the end, register the checkpoints and route each qualified task to its new one (also `promote: true` in the spec)."),
+    register: bool = typer.Option(False, "--register", help="At the end, register the checkpoints with the registry (routes unchanged)."),
+    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT (default: settings registry.address)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run a training job: baselines, the method's multi-task runs, qualification, checkpoints.
-    Finished runs are reused; progress events go to <runs_dir>/<run>/events.jsonl."""
+    Finished runs are reused; progress events go to <runs_dir>/<run>/events.jsonl.
+    With --promote the registry must answer before training starts."""
     from trainer.job import load_job
     from trainer.pipeline import run_job
 
@@ -138,15 +214,48 @@ def run_cmd(
         # a domain error, not fail(): main() turns it into one line and exit code 2
         raise ValidationError("--restart", "give --resume or --restart, not both", None, show_value=False)
     spec = load_job(file)
+    promote = promote or spec.promote
     display = _Display(quiet=quiet or as_json)
+    error: Exception | None = None
+    out: dict[str, Any] = {}
     try:
+        client = _registry_check(spec, registry, promote, display) if (promote or register) else None
         result = run_job(spec, settings=settings(), emit=display, resume=resume, restart=restart)
+        out = result.to_dict()
+        if client is not None:
+            from trainer.promote import finish_job
+
+            try:
+                report = finish_job(out, client[0], promote=promote, address=client[1], result_file=spec.runs_path / f"job-{spec.name}.result.json")
+                out["promotion"] = report.to_dict()
+            except MtserveError as exc:  # the result is printed anyway: the checkpoints exist
+                error = exc
+                out["promotion"] = {"error": str(exc)}
+            finally:
+                client[0].close()
     finally:
         display.close()
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(out, indent=2, ensure_ascii=False))
     else:
-        print_result(result)
+        print_result({k: v for k, v in out.items() if k != "promotion" or "error" not in v})
+    if error is not None:
+        raise error
+
+
+def _registry_check(spec: Any, address: Optional[str], promote: bool, display: "_Display") -> tuple[Any, str]:
+    """Before training: the registry answers (else one error line, exit 2,
+    nothing trained). Returns a client for the end of the job."""
+    from services.registry.client import RegistryClient
+    from trainer.__main__ import CHECK_TIMEOUT_SECONDS, REGISTER_TIMEOUT_SECONDS
+    from trainer.pipeline import resolve_catalogue, resolve_tasks
+    from trainer.promote import check_registry
+
+    address = address or settings().registry.address
+    tasks = resolve_tasks(spec, resolve_catalogue(spec))
+    with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:
+        display(check_registry(probe, address, tasks, what="--promote" if promote else "--register"))
+    return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), address
 
 
 @train_app.command("validate")
@@ -159,6 +268,193 @@ def validate_cmd(
 
     spec = load_job(file)
     typer.echo(json.dumps(spec.to_dict(), indent=2) if as_json else spec.to_yaml().rstrip())
+
+
+# -- the trainer service -------------------------------------------------------------------------
+
+ServerOption = typer.Option(None, "--server", help="Trainer service HOST:PORT (default: settings trainer.address).")
+JsonOption = typer.Option(False, "--json", help="Print JSON.")
+
+
+def _trainer(address: Optional[str]) -> Any:
+    from services.trainer.client import TrainerClient
+
+    s = settings()
+    return TrainerClient(address or s.trainer.address, timeout=s.trainer.client_timeout_seconds, cancel_grace=s.trainer.cancel_grace_seconds)
+
+
+def _job_line(job: Any) -> list[str]:
+    p = job.progress
+    where = f"{p.stage} {p.step}/{p.steps} loss {p.loss:.4f}" if p.stage and p.steps else (p.last_event or "-")
+    if job.state.value == "succeeded" and job.result:
+        where = f"{job.result.get('num_qualified', 0)}/{len(job.result.get('rows', []))} qualified"
+    return [job.id, job.state.value, where, job.created_at[:19].replace("T", " "), (job.error or "").split("\n")[0][:80]]
+
+
+def _print_job(job: Any) -> None:
+    typer.echo(f"job {job.id} ({job.name}): {job.state.value}")
+    if job.error:
+        typer.echo(f"  {job.error}")
+    p = job.progress
+    if p.run:
+        typer.echo(f"  progress: {p.run} {p.stage} step {p.step}/{p.steps}, loss {p.loss:.4f}, {p.tokens_per_s:.0f} tok/s; runs done {p.runs_done}")
+    if p.dev:
+        typer.echo("  latest dev: " + ", ".join(f"{t} {v:.3f}" for t, v in p.dev.items()))
+    opts = job.options
+    if opts.promote or opts.register:
+        typer.echo(f"  {'promote' if opts.promote else 'register'} with the registry at {opts.registry_address}")
+    for i, a in enumerate(job.attempts, 1):
+        end = f"ended {a.ended_at[:19]} ({a.outcome}, exit {a.exit_code})" if a.ended_at else "running"
+        typer.echo(f"  attempt {i}: {a.action}, pid {a.pid}, started {a.started_at[:19]}, {end}")
+    typer.echo(f"  folder: {job.folder}")
+    if job.result:
+        print_result(job.result)
+
+
+@train_app.command("submit")
+def submit_cmd(
+    file: Path = typer.Option(..., "--file", "-f", help="The job spec (YAML); relative paths start from its folder, which the service must see."),
+    promote: bool = typer.Option(False, "--promote", help="When the job ends, register its checkpoints and route each qualified task to its new one."),
+    register: bool = typer.Option(False, "--register", help="When the job ends, register its checkpoints (routes unchanged)."),
+    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT for the job (default: the service's trainer.registry_address)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue runs an earlier process left interrupted."),
+    restart: bool = typer.Option(False, "--restart", help="Discard the state of interrupted runs."),
+    watch: bool = typer.Option(False, "--watch", help="Then follow the job's progress until it ends."),
+    server: Optional[str] = ServerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Queue a job on the trainer service; prints its id (the spec is checked first: errors name the field)."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValidationError("job", f"cannot read file ({exc.strerror})", str(file)) from None
+    with _trainer(server) as client:
+        job = client.start_job(text, base_dir=str(file.resolve().parent), promote=promote, register=register,
+                               registry_address=registry or "", resume=resume, restart=restart)
+        if as_json and not watch:
+            typer.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+            return
+        typer.echo(job.id)
+        typer.echo(f"job {job.id}: {job.state.value} on {client.address}", err=True)
+        if watch:
+            _follow(client, job.id, as_json=as_json)
+
+
+@train_app.command("status")
+def status_cmd(
+    job_id: Optional[str] = typer.Argument(None, metavar="[JOB]", help="A job id; none: list the jobs."),
+    state: list[str] = typer.Option([], "--state", help="Only jobs in this state (repeatable): queued, running, succeeded, failed, cancelled, interrupted."),
+    limit: int = typer.Option(0, "--limit", help="At most this many jobs, newest first (0: all)."),
+    server: Optional[str] = ServerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """One job (progress, attempts, error, result table and promotion) or the list of jobs."""
+    from services.trainer.jobs import JobState
+
+    states = []
+    for value in state:
+        try:
+            states.append(JobState(value))
+        except ValueError:
+            raise ValidationError("--state", f"must be one of {[s.value for s in JobState]}", value) from None
+    with _trainer(server) as client:
+        if job_id:
+            job = client.get_job(job_id)
+            if as_json:
+                typer.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+            else:
+                _print_job(job)
+            return
+        jobs = client.list_jobs(states=states, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([j.to_dict() for j in jobs], indent=2, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("job", "state", "progress", "created (UTC)", "error"):
+        table.add_column(column, no_wrap=column != "error")
+    for job in jobs:
+        table.add_row(*_job_line(job))
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)
+
+
+def _follow(client: Any, job_id: str, *, as_json: bool) -> None:
+    """Follow WatchJob to the end: a progress bar (terminal) or log lines on
+    stderr, or the events as JSON lines on stdout; exit code 0 only when the
+    job succeeded."""
+    display = _Display(quiet=as_json)
+    last = None
+    try:
+        for kind, value in client.watch_job(job_id):
+            if kind == "job":
+                last = value
+                if as_json:
+                    typer.echo(json.dumps({"event": "job", "job": value.to_dict()}, ensure_ascii=False))
+            else:
+                if as_json:
+                    typer.echo(json.dumps(value, ensure_ascii=False, default=str))
+                else:
+                    display(value)
+    finally:
+        display.close()
+    if last is None or last.state.active:
+        from mtserve.errors import UnavailableError
+
+        raise UnavailableError(f"the watch of job {job_id} ended while the job was {last.state.value if last else 'unknown'} (the service stopped?)")
+    if not as_json:
+        if last.result:
+            print_result(last.result)
+        typer.echo(f"job {last.id}: {last.state.value}{': ' + last.error if last.error else ''}", err=True)
+    if last.state.value != "succeeded":
+        raise typer.Exit(1)
+
+
+@train_app.command("watch")
+def watch_cmd(
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    server: Optional[str] = ServerOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the events (and the job on every state change) as JSON lines."),
+) -> None:
+    """Follow a job's progress (its past events, then live ones) until it
+    stops running; exit code 0 if it succeeded, 1 otherwise."""
+    with _trainer(server) as client:
+        _follow(client, job_id, as_json=as_json)
+
+
+@train_app.command("cancel")
+def cancel_cmd(
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    server: Optional[str] = ServerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Cancel a job: SIGTERM to its processes, SIGKILL after the service's grace period."""
+    with _trainer(server) as client:
+        job = client.cancel_job(job_id)
+    if as_json:
+        typer.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        typer.echo(f"job {job.id}: {job.state.value}")
+
+
+@train_app.command("resume")
+def resume_cmd(
+    job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
+    watch: bool = typer.Option(False, "--watch", help="Then follow the job until it ends."),
+    server: Optional[str] = ServerOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Queue an interrupted, failed or cancelled job again: it continues from its last saved training state."""
+    with _trainer(server) as client:
+        job = client.resume_job(job_id)
+        if as_json and not watch:
+            typer.echo(json.dumps(job.to_dict(), indent=2, ensure_ascii=False))
+            return
+        typer.echo(f"job {job.id}: {job.state.value}", err=True)
+        if watch:
+            _follow(client, job.id, as_json=as_json)
 
 
 def _main() -> None:  # pragma: no cover - `python -m mtserve.cli.train` convenience
