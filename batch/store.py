@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, tuple_, update
+from sqlalchemy import Connection, Engine, func, select, tuple_, update
 from sqlalchemy.engine import make_url
 
 from batch import schema as t
-from mtserve.errors import NotFoundError, ValidationError
+from mtserve import db
+from mtserve.errors import NotFoundError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 _PG_MIGRATION_LOCK = 0x6D74_6274  # "mtbt": one process migrates at a time
@@ -30,63 +31,15 @@ AnswerKey = tuple[str, int, str]
 
 
 def make_engine(url: str) -> Engine:
-    u = make_url(url)
-    backend = u.get_backend_name()
-    if backend == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise ValidationError(
-                "batch.results_database_url", "an in-memory SQLite database cannot be shared by workers; give a file", url
-            )
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            # pysqlite's implicit BEGIN is deferred; take over transaction control (see _on_begin).
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")  # the CLI reads status while workers write
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
-            # Several worker processes write at once. A deferred transaction that
-            # reads and then writes fails with "database is locked" (without
-            # waiting) when another writer committed in between; taking the write
-            # lock up front makes it wait its turn (busy timeout) instead.
-            mode = "IMMEDIATE" if conn.get_execution_options().get("batch_write") else "DEFERRED"
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
-        return engine
-    if backend != "postgresql":
-        raise ValidationError("batch.results_database_url", "must be a sqlite:/// or postgresql+psycopg:// URL", url)
-    return create_engine(u, pool_pre_ping=True)
+    return db.make_engine(url, setting="batch.results_database_url")
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent; concurrent
-    callers on PostgreSQL wait for each other)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        conn = conn.execution_options(batch_write=True)
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+    db.migrate(engine, MIGRATIONS, lock_id=_PG_MIGRATION_LOCK)
 
 
 def schema_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": t.VERSION_TABLE}).get_current_revision()
+    return db.schema_revision(engine, t.VERSION_TABLE)
 
 
 @dataclass(frozen=True)
@@ -292,7 +245,7 @@ class ResultStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            conn = conn.execution_options(batch_write=True)
+            conn = conn.execution_options(**{db.WRITE: True})
             with conn.begin():
                 yield conn
 

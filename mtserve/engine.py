@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from transformers import DynamicCache
 
-from mtserve.errors import MtserveError, ValidationError
+from mtserve.errors import MtserveError
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
 from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, RenderedInput

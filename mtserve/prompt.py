@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mtserve.errors import ValidationError
-from mtserve.inputs import Conversation, Input, Text, TextPair, check_task_accepts
-from mtserve.tasks import Channel, InputKind, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
+from mtserve.inputs import Conversation, Input, TextPair, check_task_accepts
+from mtserve.tasks import Channel, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
 
 SYSTEM_PROMPT = (
     "You are a customer-service analytics assistant. Read the input, then answer "

@@ -117,3 +117,37 @@ def make_channel(
             ("grpc.http2.max_pings_without_data", 0),
         ]
     return grpc.insecure_channel(address, options=options)
+
+
+class ServiceClient:
+    """What every client of the project shares: one channel with retries of
+    UNAVAILABLE in its service config, a deadline on every call, and gRPC
+    errors raised as domain errors naming the server."""
+
+    SERVICE = ""  # e.g. "mtserve.v1.Registry"
+    NAME = ""  # "registry", "inference", "trainer": for error messages
+    NO_RETRY: Sequence[str] = ()  # methods that must not be retried (not idempotent)
+    KEEPALIVE = False  # long-lived streams
+
+    def __init__(self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool | None = None):
+        self.address = address
+        self.timeout = timeout
+        self.channel = make_channel(
+            address, self.SERVICE, max_message_bytes=max_message_bytes, no_retry=self.NO_RETRY,
+            keepalive=self.KEEPALIVE if keepalive is None else keepalive,
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise_remote(exc, self.NAME, self.address)

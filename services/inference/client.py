@@ -11,42 +11,25 @@ domain error.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Sequence
 
-import grpc
 
 from mtserve.inputs import Input
 from mtserve.v1 import inference_pb2 as ipb
 from mtserve.v1 import inference_pb2_grpc as ipb_grpc
 from services.common import convert
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, make_channel, raise_remote
+from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient
 from services.common.records import Answer, ServingInfo
 
 SERVICE = "mtserve.v1.Inference"
-T = TypeVar("T")
 
 
-class InferenceClient:
+class InferenceClient(ServiceClient):
+    SERVICE, NAME = SERVICE, "inference"
+
     def __init__(self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.address = address
-        self.timeout = timeout
-        self.channel = make_channel(address, SERVICE, max_message_bytes=max_message_bytes)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
         self.stub = ipb_grpc.InferenceStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> "InferenceClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise_remote(exc, "inference", self.address)
 
     def classify(self, task: str, inp: Input, *, truncate: bool = True, timeout: float | None = None) -> Answer:
         request = ipb.ClassifyRequest(task=task, input=convert.input_to_pb(inp), no_truncate=not truncate)

@@ -10,8 +10,7 @@ that is also the matching domain error (NotFoundError, ValidationError, ...).
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 import grpc
 
@@ -19,7 +18,7 @@ from mtserve.tasks import Catalogue, Channel, Task, Taxonomy
 from mtserve.v1 import registry_pb2 as rpb
 from mtserve.v1 import registry_pb2_grpc as rpb_grpc
 from services.common import convert
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, make_channel, raise_remote
+from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
 from services.common.records import (
     CheckpointRecord,
     PolicyRecord,
@@ -34,7 +33,6 @@ from services.common.records import (
 )
 
 SERVICE = "mtserve.v1.Registry"
-T = TypeVar("T")
 
 
 class WatchStream:
@@ -57,28 +55,13 @@ class WatchStream:
         self._call.cancel()
 
 
-class RegistryClient:
+class RegistryClient(ServiceClient):
+    SERVICE, NAME = SERVICE, "registry"
+    NO_RETRY = ("RollbackRoute",)  # not idempotent: a retry would roll back twice
+
     def __init__(self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool = False):
-        self.address = address
-        self.timeout = timeout
-        self.channel = make_channel(address, SERVICE, max_message_bytes=max_message_bytes, no_retry=("RollbackRoute",), keepalive=keepalive)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, keepalive=keepalive)
         self.stub = rpb_grpc.RegistryStub(self.channel)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> "RegistryClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise_remote(exc, "registry", self.address)
 
     # -- tasks -----------------------------------------------------------------------
     def register_task(self, task: Task) -> Registered:

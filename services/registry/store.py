@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, select, update
 
+from mtserve import db
 from mtserve.checkpoints import MANIFEST, check_checkpoint_id, manifest_sha256, verify_checkpoint
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
 from mtserve.tasks import Channel, Task, Taxonomy, TruncationPolicy, check_name, parse_task
@@ -51,59 +51,15 @@ def utcnow() -> str:
 
 
 def make_engine(url: str) -> Engine:
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        if not u.database or u.database == ":memory:":
-            raise ValidationError("registry.database_url", "an in-memory SQLite database cannot be shared between connections; give a file", url)
-        Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(u, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-            # pysqlite's implicit BEGIN is deferred and cannot be made
-            # IMMEDIATE; take over transaction control (see _on_begin).
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a power cut may lose the last commit only
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # type: ignore[no-untyped-def]
-            # A write takes the write lock up front: a deferred transaction that
-            # reads and then writes can fail with "database is locked" when
-            # another writer got there between its read and its write.
-            mode = "IMMEDIATE" if conn.get_execution_options().get("registry_write") else "DEFERRED"
-            conn.exec_driver_sql(f"BEGIN {mode}")
-
-        return engine
-    if u.get_backend_name() != "postgresql":
-        raise ValidationError("registry.database_url", "must be a sqlite:/// or postgresql+psycopg:// URL", url)
-    return create_engine(u, pool_pre_ping=True)
+    return db.make_engine(url, setting="registry.database_url", busy_timeout=30)
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        conn = conn.execution_options(registry_write=True)
-        with conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+    db.migrate(engine, MIGRATIONS, lock_id=_PG_MIGRATION_LOCK)
 
 
 def schema_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    return db.schema_revision(engine)
 
 
 @dataclass
@@ -142,7 +98,7 @@ class RegistryStore:
     @contextmanager
     def _write(self) -> Iterator[_Tx]:
         with self.engine.connect() as conn:
-            conn = conn.execution_options(registry_write=True)
+            conn = conn.execution_options(**{db.WRITE: True})
             tx = conn.begin()
             try:
                 conn.execute(update(t.registry_state).where(t.registry_state.c.id == 1).values(revision=t.registry_state.c.revision + 1))

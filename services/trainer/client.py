@@ -12,18 +12,17 @@ that is also the matching domain error (ValidationError, NotFoundError, ...).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 import grpc
 
 from mtserve.v1 import trainer_pb2 as tpb
 from mtserve.v1 import trainer_pb2_grpc as tpb_grpc
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, make_channel, raise_remote
+from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
 from services.trainer import convert
 from services.trainer.jobs import JobInfo, JobState
 
 SERVICE = "mtserve.v1.Trainer"
-T = TypeVar("T")
 
 
 class WatchStream:
@@ -49,28 +48,15 @@ class WatchStream:
         self._call.cancel()
 
 
-class TrainerClient:
+class TrainerClient(ServiceClient):
+    SERVICE, NAME = SERVICE, "trainer"
+    NO_RETRY = ("StartJob", "ResumeJob")  # a retry could start a job twice
+    KEEPALIVE = True  # WatchJob streams last as long as a training job
+
     def __init__(self, address: str, *, timeout: float = 30.0, cancel_grace: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        self.address = address
-        self.timeout = timeout
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
         self.cancel_grace = cancel_grace
-        self.channel = make_channel(address, SERVICE, max_message_bytes=max_message_bytes, no_retry=("StartJob", "ResumeJob"), keepalive=True)
         self.stub = tpb_grpc.TrainerStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> "TrainerClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def _call(self, method: Callable[..., T], request: Any, timeout: float | None = None) -> T:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise_remote(exc, "trainer", self.address)
 
     def start_job(
         self, spec_yaml: str, *, base_dir: str = "", promote: bool = False, register: bool = False, registry_address: str = "",
