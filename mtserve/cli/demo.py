@@ -66,7 +66,8 @@ class _Demo:
         if proc.returncode != 0:
             raise SystemExit(f"demo step failed: mtserve {' '.join(args)}\n{proc.stderr.strip()}")
         if not capture and proc.stdout.strip():
-            self.console.print(proc.stdout.rstrip(), markup=False, highlight=False)
+            sys.stdout.write(proc.stdout if proc.stdout.endswith("\n") else proc.stdout + "\n")  # as printed: no re-wrapping
+            sys.stdout.flush()
         return proc.stdout
 
     def start(self, name: str, *args: str) -> None:
