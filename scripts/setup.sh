@@ -35,7 +35,7 @@ if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
   else
     "${PIP[@]}" install "${MTSERVE_TORCH_SPEC:-torch==2.13.0}" 2>&1 | grep -v "is ignored: it is neither" || true
   fi
-  .venv/bin/python -c 'import torch' # fail loudly if that install did
+  .venv/bin/python -W ignore -c 'import torch' # fail loudly if that install did (numpy comes later: no warning)
 fi
 
 stamp=.venv/.mtserve-installed
