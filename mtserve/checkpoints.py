@@ -7,7 +7,7 @@ registry (which records it) and the inference service (which loads it).
         manifest.json
 
 `manifest.json` names the checkpoint, its base model (for a LoRA adapter: the
-base checkpoint's id and the sha256 of its manifest), the tasks and versions
+base checkpoint's id and `content_sha256` of its files), the tasks and versions
 it was trained on, free-form metrics and training facts, and the sha256 of
 every other file. Loading verifies every hash and refuses pickle files: a
 checkpoint is data, never code.
@@ -114,6 +114,28 @@ def looks_like_pickle(path: Path) -> bool:
     return False
 
 
+# Written by transformers into these files: the library version that saved
+# them. It says nothing about the model, but it is part of the files' bytes, so
+# it would give the same weights a new identity after every transformers
+# upgrade (a LoRA adapter shipped with the repo once stopped loading on a base
+# prepared with transformers 5.24 because it was trained on one from 5.23).
+VERSION_STAMPED_FILES = ("config.json", "generation_config.json")
+VERSION_STAMP_KEY = "transformers_version"
+
+
+def drop_version_stamps(folder: str | Path) -> None:
+    """Remove the saving library's version stamp from a checkpoint's config
+    files (rewritten in transformers' own layout: sorted keys, indent 2)."""
+    for name in VERSION_STAMPED_FILES:
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and VERSION_STAMP_KEY in data:
+            del data[VERSION_STAMP_KEY]
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def write_manifest(
     folder: str | Path,
     *,
@@ -126,9 +148,11 @@ def write_manifest(
     parent: str | None = None,
     description: str = "",
 ) -> Manifest:
-    """Hash every file of `folder` and write its manifest.json."""
+    """Hash every file of `folder` and write its manifest.json (after dropping
+    the library version stamps, so the files' digests name the model only)."""
     folder = Path(folder)
     check_checkpoint_id(id)
+    drop_version_stamps(folder)
     for name in _files(folder):
         if looks_like_pickle(folder / name):
             raise IntegrityError(f"checkpoint {id!r}: {name} is a pickle file; checkpoints hold safetensors only")

@@ -114,8 +114,12 @@ def load_checkpoint(
             raise NotFoundError(f"checkpoint {manifest.id!r} is a LoRA adapter on {base_id!r}, which is not at {base_dir}")
         base_manifest = verify_checkpoint(base_dir) if verify else read_manifest(base_dir)
         expected = manifest.base.get("content_sha256")  # type: ignore[union-attr]
-        if expected and content_sha256(base_manifest) != expected:
-            raise IntegrityError(f"checkpoint {manifest.id!r}: the base {base_id!r} at {base_dir} is not the model it was trained on (content hash differs)")
+        if expected and (actual := content_sha256(base_manifest)) != expected:
+            raise IntegrityError(
+                f"checkpoint {manifest.id!r}: the base {base_id!r} at {base_dir} is not the model it was trained on "
+                f"(content_sha256 {actual[:12]}..., the adapter expects {expected[:12]}...)"
+                + (f"; if an older mtserve prepared it, prepare it again: rm -r {base_dir} && mtserve models prepare-default"
+                   if base_id == DEFAULT_CHECKPOINT_ID else ""))
         model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch_dtype, attn_implementation=attn, local_files_only=True)
         model = PeftModel.from_pretrained(model, str(folder), local_files_only=True).merge_and_unload()
         tok_dir = folder if (folder / "tokenizer_config.json").exists() else base_dir

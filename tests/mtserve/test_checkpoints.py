@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from mtserve.checkpoints import list_checkpoints, read_manifest, staging_dir, verify_checkpoint, write_manifest
+from mtserve.checkpoints import content_sha256, list_checkpoints, read_manifest, staging_dir, verify_checkpoint, write_manifest
 from mtserve.errors import IntegrityError, ValidationError
 from mtserve.models import load_checkpoint
 
@@ -103,3 +103,24 @@ def test_loading_a_tampered_model_refuses(tiny_llama_dir, tmp_path):
         f.write(b"\x00" * 8)
     with pytest.raises(IntegrityError, match="model.safetensors"):
         load_checkpoint(copy, device="cpu")
+
+
+def test_the_saving_library_version_does_not_change_a_checkpoints_identity(tmp_path):
+    """Same weights and config saved by two transformers versions: one digest
+    (an adapter names its base by this digest, across machines and upgrades)."""
+    digests = []
+    for version in ("5.23.0", "5.24.0"):
+        folder = tmp_path / f"v{version}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "transformers_version": version}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "transformers_version": version}))
+        manifest = write_manifest(folder, id=f"ck-{version}")
+        assert "transformers_version" not in (folder / "config.json").read_text()
+        assert json.loads((folder / "config.json").read_text()) == {"architectures": ["LlamaForCausalLM"], "hidden_size": 64}
+        verify_checkpoint(folder)  # the digests are of the files as rewritten
+        digests.append(content_sha256(manifest))
+    assert digests[0] == digests[1]
+    (tmp_path / "v5.24.0" / "model.safetensors").write_bytes(b"other weights")
+    assert content_sha256(write_manifest(tmp_path / "v5.24.0", id="ck-other")) != digests[0]  # the weights still count
