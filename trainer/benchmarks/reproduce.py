@@ -98,7 +98,9 @@ JOBS: dict[str, tuple[str, list[str], dict[str, Any]]] = {
         "mixture": {"stage1_steps": STAGE1_STEPS, "stage2_steps": MULTI_STEPS - STAGE1_STEPS, "cap_k": CAP_K, "tau": TAU},
         "resources": {"high": HIGH_RESOURCE},
     }),
-    "baselines": ("single_task", CLASSIFICATION + GENERATION, {}),
+    # max_steps as in the multi-task jobs: a baseline's run key includes the job's max_steps (a
+    # cap on every run), so without it this job would train the same baselines again.
+    "baselines": ("single_task", CLASSIFICATION + GENERATION, {"max_steps": MULTI_STEPS}),
     "one_stage": ("temperature_capped", CLASSIFICATION, {
         "max_steps": MULTI_STEPS, "mixture": {"stage2_steps": MULTI_STEPS, "cap_k": CAP_K, "tau": TAU},
     }),
