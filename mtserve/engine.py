@@ -146,8 +146,7 @@ class Engine:
         common = dict(task=task.name, task_version=task.version, prompt_tokens=prompt_tokens, truncated=rin.truncated)
         if task.is_generation:
             q = queries[0]
-            ids = [t for t in q.generated if t != self.renderer.end_of_answer_id]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            text = decode_answer(self.tokenizer, q.generated, self.renderer.end_of_answer_id)
             return Prediction(label=None, labels=(), scores=(), text=text, **common)
         if task.taxonomy is Taxonomy.MULTILABEL:
             scores = []
@@ -283,6 +282,18 @@ class Engine:
             column = {pos: k for k, pos in enumerate(keep)}
             logits = logits[torch.arange(len(tokens)), torch.tensor([column[p] for p in last])]
         return logits, out.past_key_values, full_mask
+
+
+def decode_answer(tokenizer: Any, generated: Sequence[int], end_id: int) -> str:
+    """The text of a generated answer. An answer cut by max_new_tokens (no end
+    token) can stop inside a character that byte-level BPE splits over several
+    tokens (most CJK characters, emoji); decoding would end it with U+FFFD, so
+    that partial character is dropped."""
+    ids = [t for t in generated if t != end_id]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if end_id not in generated:
+        text = text.rstrip("\ufffd")
+    return text.strip()
 
 
 def _distribution(q: _Query) -> list[float]:

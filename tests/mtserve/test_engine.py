@@ -11,7 +11,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mtserve.engine import Engine, Prediction, Request
+from mtserve.engine import Engine, Prediction, Request, decode_answer
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, Turn
 from mtserve.tasks import Channel, parse_task
@@ -149,6 +149,22 @@ def test_generation_stops_at_its_bound(engine, hotel):
     task = dataclasses.replace(hotel.task("cs"), max_new_tokens=3)
     p = engine.predict([Request(task, conv(Channel.IM))])[0]
     assert len(engine.tokenizer(p.text, add_special_tokens=False)["input_ids"]) <= 4
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen"])
+def test_an_answer_cut_inside_a_character_drops_the_partial_character(request, model):
+    tokenizer = request.getfixturevalue(model).tokenizer
+    full = "格林掌击哈登后，裁判都看不下了 🙏"
+    ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+    end = tokenizer.eos_token_id
+    cut_inside = 0
+    for k in range(1, len(ids) + 1):
+        cut_inside += "\ufffd" in tokenizer.decode(ids[:k])
+        text = decode_answer(tokenizer, ids[:k], end)
+        assert "\ufffd" not in text and full.startswith(text), (k, text)
+    assert cut_inside > 0  # the string does split characters over tokens, so the rule was exercised
+    # A finished answer is decoded as it is, the end token left out.
+    assert decode_answer(tokenizer, ids + [end], end) == full
 
 
 LABEL_WORDS = st.sampled_from(
