@@ -251,12 +251,14 @@ def average_estimate(
     evals: Sequence[TaskEval], *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL
 ) -> Estimate:
     """Macro average of the tasks' primary metrics. Tasks have disjoint
-    examples, so each is resampled on its own (seed + its position) and the
-    interval is the percentile interval of the averaged resamples."""
+    examples, so each is resampled on its own (seed + its position in task-name
+    order, so that the same tasks give the same interval in every table) and
+    the interval is the percentile interval of the averaged resamples."""
     if not evals:
         raise ValidationError("average", "needs at least one task", 0)
+    ordered = sorted(evals, key=lambda ev: ev.task)
     samples = np.mean(
-        [bootstrap_distribution([ev.statistic()], n_resamples=n_resamples, seed=seed + k)[0] for k, ev in enumerate(evals)], axis=0
+        [bootstrap_distribution([ev.statistic()], n_resamples=n_resamples, seed=seed + k)[0] for k, ev in enumerate(ordered)], axis=0
     )
     low, high = percentile_interval(samples, level)
     return Estimate(

@@ -146,6 +146,9 @@ def test_average_estimate(hotel, base):
     assert avg.value == pytest.approx(0.8) and avg.low < 0.8 < avg.high
     # averaging three independent tasks narrows the interval of one
     assert avg.high - avg.low < evals[0].value.high - evals[0].value.low
+    # the same tasks in another order (Table 2 lists them differently) give the same interval
+    again = average_estimate(evals[::-1])
+    assert (again.value, again.low, again.high) == pytest.approx((avg.value, avg.low, avg.high))
 
 
 def test_table2_generation_classification_and_brackets(hotel, base, table1_runs):
