@@ -400,9 +400,10 @@ def build_table2(
 
 def _average_metric(evals: Sequence[TaskEval], metric: str) -> Estimate:
     """The mean of a secondary metric over tasks (e.g. exact match), with the
-    interval from per-task bootstraps."""
+    interval from per-task bootstraps (in task-name order, as average_estimate)."""
+    ordered = sorted(evals, key=lambda ev: ev.task)
     samples = np.mean(
-        [bootstrap_distribution([ev.statistic(metric)], n_resamples=ev.n_resamples, seed=ev.seed + k)[0] for k, ev in enumerate(evals)],
+        [bootstrap_distribution([ev.statistic(metric)], n_resamples=ev.n_resamples, seed=ev.seed + k)[0] for k, ev in enumerate(ordered)],
         axis=0,
     )
     low, high = percentile_interval(samples)

@@ -190,15 +190,19 @@ def report(root: Path, out: Path | None) -> str:
         tables.append(table2)
     header = _header(root)
     md = render_markdown(tables, header=header)
-    md += "\n\n## Qualification, task by task\n\n" + "\n".join(f"- {line}" for line in qualification_lines(classification_only)) + "\n"
+    md += "\n\n## Qualification, task by task\n\n" + _bullets(qualification_lines(classification_only))
     if mixed_methods:
         # Table 2's mixtures against the baselines (the zero-shot lines are above already).
         mixed = [r for r in runs if _has_generation(r) or r.method == "single_task"]
-        md += "\n### With the generation task (Table 2)\n\n" + "\n".join(f"- {line}" for line in qualification_lines(mixed)) + "\n"
+        md += "\n### With the generation task (Table 2)\n\n" + _bullets(qualification_lines(mixed))
     if out is not None:
         out.write_text(md, encoding="utf-8")
         out.with_suffix(".json").write_text(render_json(tables), encoding="utf-8")
     return md
+
+
+def _bullets(lines: list[str]) -> str:
+    return "".join(f"- {line}\n" for line in lines)
 
 
 def _has_generation(run: Any) -> bool:
