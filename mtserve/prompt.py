@@ -32,6 +32,11 @@ from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, TextPair, check_task_accepts
 from mtserve.tasks import Channel, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
 
+# The version of what `render` produces for a given task and input. Run keys
+# include it, so a finished training run is never reused for prompts it was not
+# trained on: bump it with any change to the template, markers or headers.
+PROMPT_FORMAT = 1
+
 SYSTEM_PROMPT = (
     "You are a customer-service analytics assistant. Read the input, then answer "
     "the question after it with one of the allowed answers only."

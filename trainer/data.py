@@ -301,9 +301,108 @@ def check_no_bad_lines(splits: Iterable[SplitData], *, limit: int = 20, hint: st
     )
 
 
+
+# -- dev sets that are samples --------------------------------------------------------
+
+DEV_SELECTION = "stratified-hash-v1"  # part of every run key: bump when the rule changes
+
+
+@dataclass(frozen=True)
+class DevSelection:
+    """How a dev set was chosen from its file, and what a reader should know
+    about it (warnings: one class, or too few examples of a label)."""
+
+    method: str
+    cap: int | None
+    available: int
+    selected: int
+    label_counts: dict[str, int]
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "cap": self.cap, "available": self.available, "selected": self.selected,
+                "label_counts": dict(self.label_counts), "warnings": list(self.warnings)}
+
+
+def _stratum(ex: Example) -> str:
+    if ex.label is None:
+        return ""  # generation: one stratum
+    return ex.label if isinstance(ex.label, str) else "|".join(ex.label)
+
+
+def _rank(task: str, ex: Example) -> str:
+    return hashlib.sha256(f"dev/{task}/{ex.id}".encode()).hexdigest()
+
+
+def _allocate(sizes: Mapping[str, int], cap: int) -> dict[str, int]:
+    """Proportional allocation of `cap` over strata (largest remainder), every
+    stratum at least one example while the cap allows it."""
+    total = sum(sizes.values())
+    quota = {k: cap * n / total for k, n in sizes.items()}
+    take = {k: min(sizes[k], int(q)) for k, q in quota.items()}
+    if cap >= len(sizes):
+        for k in take:
+            take[k] = max(take[k], 1)
+    order = sorted(sizes, key=lambda k: (-(quota[k] - int(quota[k])), k))
+    while sum(take.values()) < cap:
+        progressed = False
+        for k in order:
+            if sum(take.values()) >= cap:
+                break
+            if take[k] < sizes[k]:
+                take[k] += 1
+                progressed = True
+        if not progressed:
+            break
+    while sum(take.values()) > cap:  # the at-least-one rule overshot: trim the largest
+        k = max(take, key=lambda k: (take[k], k))
+        take[k] -= 1
+    return take
+
+
+def sample_dev(task: Task, examples: Sequence[Example], cap: int | None, *, min_per_label: int = 10) -> tuple[list[Example], DevSelection]:
+    """A deterministic dev sample that does not depend on the file's order.
+
+    Every example gets a rank, sha256("dev/<task>/<example id>") (ids are the
+    file's own or a hash of the line's content, trainer.data.example_id). With
+    a cap, the examples are split into strata by label (multi-label: by label
+    set; generation: one stratum), the cap is shared out in proportion to the
+    strata's sizes (largest remainder, at least one per stratum), and each
+    stratum contributes its lowest-ranked examples. The sample (or the whole
+    set, without a cap) is returned in rank order, so the bootstrap's
+    resampling sees the same sequence whatever order the file had.
+
+    Warnings: the sample holds one class only, or a label with fewer than
+    `min_per_label` examples (a metric on it is mostly noise)."""
+    ranked = sorted(examples, key=lambda ex: _rank(task.name, ex))
+    if cap is not None and len(ranked) > cap:
+        strata: dict[str, list[Example]] = {}
+        for ex in ranked:
+            strata.setdefault(_stratum(ex), []).append(ex)
+        take = _allocate({k: len(v) for k, v in strata.items()}, cap)
+        chosen = {ex.id for k, v in strata.items() for ex in v[: take[k]]}
+        ranked = [ex for ex in ranked if ex.id in chosen]
+    counts: dict[str, int] = {}
+    for ex in ranked:
+        names = () if ex.label is None else (ex.label,) if isinstance(ex.label, str) else ex.label
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    warnings: list[str] = []
+    if not task.is_generation:
+        present = [n for n in task.label_names if counts.get(n)]
+        if len(present) <= 1 and task.taxonomy is not Taxonomy.MULTILABEL:
+            warnings.append(f"dev set of {task.name!r} holds one class only ({present or 'none'}): its metric cannot tell a model from a constant answer")
+        few = [f"{n}={counts.get(n, 0)}" for n in task.label_names if counts.get(n, 0) < min_per_label]
+        if few:
+            warnings.append(f"dev set of {task.name!r} has fewer than {min_per_label} examples of some labels ({', '.join(few)})")
+    selection = DevSelection(DEV_SELECTION, cap, len(examples), len(ranked), {n: counts.get(n, 0) for n in task.label_names}, tuple(warnings))
+    return ranked, selection
+
 __all__ = [
     "SPLITS",
     "BadLine",
+    "DEV_SELECTION",
+    "DevSelection",
     "Example",
     "SplitData",
     "check_no_bad_lines",
@@ -311,4 +410,5 @@ __all__ = [
     "load_split",
     "load_task_data",
     "parse_example",
+    "sample_dev",
 ]

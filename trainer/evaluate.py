@@ -412,15 +412,100 @@ def evaluate_task(
     )[task.name]
 
 
+
+# -- trivial baselines ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trivial:
+    """What a model that ignores its input scores: the yardstick a baseline
+    must beat before anyone trusts it."""
+
+    rule: str  # how the constant answer was chosen, for the table's reader
+    answer: str | tuple[str, ...] | None  # the constant answer (None: not defined for this task)
+    eval: TaskEval | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "answer": list(self.answer) if isinstance(self.answer, tuple) else self.answer,
+                "eval": self.eval.to_dict() if self.eval is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Trivial":
+        answer = data.get("answer")
+        return cls(str(data["rule"]), tuple(answer) if isinstance(answer, list) else answer,
+                   TaskEval.from_dict(data["eval"]) if data.get("eval") else None)
+
+    @property
+    def value(self) -> float | None:
+        return None if self.eval is None else self.eval.value.value
+
+
+def _constant_records(task: Task, examples: Sequence[Example], answer: str | tuple[str, ...]) -> list[ExampleRecord]:
+    records = []
+    for ex in examples:
+        gold = ex.gold
+        if task.taxonomy is Taxonomy.MULTILABEL:
+            records.append(ExampleRecord(id=ex.id, gold=gold, pred=answer, correct=set(answer) == set(gold)))
+            continue
+        expected = abs_error = None
+        if task.taxonomy is Taxonomy.ORDINAL:
+            expected = float(task.label(str(answer)).value)  # type: ignore[arg-type]
+            abs_error = abs(expected - float(task.label(str(gold)).value))  # type: ignore[arg-type]
+        records.append(ExampleRecord(id=ex.id, gold=gold, pred=answer, correct=answer == gold,
+                                     expected_value=expected, abs_error=abs_error))
+    return records
+
+
+def trivial_baseline(task: Task, train: Sequence[Example], dev: Sequence[Example], *, split: str = "dev") -> Trivial:
+    """The constant answer chosen on the training set, scored on `dev` with the
+    task's own metrics:
+
+    binary, multiclass, ordinal   the majority label of train (ties: label order)
+    multilabel                    the best constant label set on train by the primary
+                                  metric, among the k most frequent labels for k = 0..L
+                                  (the empty set scores micro-F1 0, so it is only the
+                                  trivial answer when nothing beats it)
+    generation                    not defined (no constant text is a fair yardstick)
+    """
+    if task.is_generation:
+        return Trivial("not defined for generation tasks", None, None)
+    counts = {n: 0 for n in task.label_names}
+    for ex in train:
+        for name in ((ex.label,) if isinstance(ex.label, str) else tuple(ex.label or ())):
+            counts[name] = counts.get(name, 0) + 1
+    by_freq = sorted(task.label_names, key=lambda n: (-counts[n], task.label_names.index(n)))
+    if task.taxonomy is Taxonomy.MULTILABEL:
+        best: tuple[float, tuple[str, ...]] | None = None
+        for k in range(len(by_freq) + 1):
+            chosen = set(by_freq[:k])
+            answer = tuple(n for n in task.label_names if n in chosen)
+            stat = statistic_from_records(primary_metric(task), _constant_records(task, train, answer), task.label_names, multilabel=True)
+            if best is None or stat.value() > best[0]:
+                best = (stat.value(), answer)
+        assert best is not None
+        rule, answer_out = f"best constant label set on train by {primary_metric(task)}", best[1]
+    else:
+        rule, answer_out = "majority label of train", by_freq[0]
+    return Trivial(rule, answer_out, summarize(task, _constant_records(task, dev, answer_out), split=split, checkpoint="trivial"))
+
+
+def is_degenerate(baseline: TaskEval, trivial: Trivial) -> bool:
+    """A baseline that does not beat its trivial baseline on the primary metric:
+    a gate against it says little."""
+    return trivial.value is not None and baseline.value.value <= trivial.value + 1e-12
+
 __all__ = [
     "ExampleRecord",
     "MAE_EXPECTED",
     "TaskEval",
+    "Trivial",
     "evaluate_many",
     "evaluate_task",
+    "is_degenerate",
     "metric_names",
     "primary_metric",
     "record_for",
     "statistic_from_records",
     "summarize",
+    "trivial_baseline",
 ]

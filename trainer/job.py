@@ -121,7 +121,9 @@ class TrainingSpec(_Section):
     # example (a different one each time it is drawn); `expand` makes every
     # label question its own training example (the task counts n x labels).
     multilabel: Literal["sample_one", "expand"] = "sample_one"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a CUDA GPU that has it, else fp32
+    # auto: bf16 autocast where the device has bf16 matrix units (a CUDA GPU that
+    # supports it, a CPU with AMX-BF16; mtserve.precision), else fp32.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     state_every_steps: Int = Field(100, ge=1)  # how often the resumable training state is written
     log_every_steps: Int = Field(1, ge=1)
 
@@ -184,7 +186,14 @@ class LoraSpec(_Section):
 class EvalSpec(_Section):
     every_steps: Int = Field(50, ge=1)  # single-task baselines: dev evaluation period (best kept)
     multitask_every_steps: Int = Field(0, ge=0)  # multi-task runs: 0 = evaluate at the end only
-    dev_cap: Int | None = Field(1000, ge=1)  # the first N dev examples of each task
+    # At most N dev examples per task: a deterministic sample stratified by label,
+    # independent of the file's order (trainer.data.sample_dev); null: all of them.
+    dev_cap: Int | None = Field(1000, ge=1)
+    # Warn (result, manifest, CLI) when a label has fewer dev examples than this.
+    min_dev_per_label: Int = Field(10, ge=1)
+    # Single-task baselines stop after this many evaluations in a row without a
+    # new best dev score (0: train every step); the best evaluation is kept.
+    patience: Int = Field(5, ge=0)
     test: bool = False  # also score the test split with the final checkpoints
     batch_size: Int = Field(64, ge=1)
     max_batch_tokens: Int = Field(8192, ge=64)

@@ -28,6 +28,7 @@ both are scaled down in proportion.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -44,8 +45,11 @@ from mtserve.errors import NotFoundError, ValidationError
 from mtserve.prompt import PromptRenderer
 from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
 from trainer import checkpoint as ck
-from trainer.data import Example, SplitData, check_no_bad_lines, load_task_data
-from trainer.evaluate import TaskEval, evaluate_many
+from mtserve.models import resolve_dtype
+from mtserve.precision import autocast_dtype, probe_description, resolve_precision
+from mtserve.prompt import PROMPT_FORMAT
+from trainer.data import DEV_SELECTION, DevSelection, Example, SplitData, check_no_bad_lines, load_task_data, sample_dev
+from trainer.evaluate import TaskEval, Trivial, evaluate_many, is_degenerate, trivial_baseline
 from trainer.job import JobSpec
 from trainer.qualify import Qualification, overhead, qualify
 from trainer.runs import EVENTS, EventLog, RunStore, run_key
@@ -215,21 +219,53 @@ class Context:
     resume: bool
     restart: bool
     bad_lines: list[str] = field(default_factory=list)
-    tokenizer: Any = None
+    _dev: dict[str, tuple[list[Example], DevSelection]] = field(default_factory=dict)
+    _tokenizers: dict[Path, Any] = field(default_factory=dict)
 
     @property
     def per_step(self) -> int:
         return self.spec.examples_per_step * self.dist.world
+
+    @property
+    def precision(self) -> str:
+        """What training.precision resolved to on this device (one probe: mtserve.precision)."""
+        return resolve_precision(self.spec.training.precision, self.device)
+
+    @property
+    def eval_dtype(self) -> str:
+        """The dtype serving loads this device's models in; evaluation and the gate score in it."""
+        return str(resolve_dtype("auto", self.device)).removeprefix("torch.")
 
     def train_examples(self, task: str) -> list[Example]:
         examples = self.data[task]["train"].examples
         cap = self.spec.max_train_examples
         return examples[:cap] if cap else examples
 
+    def _dev_sample(self, task: str) -> tuple[list[Example], DevSelection]:
+        if task not in self._dev:
+            t = self.catalogue.task(task)
+            self._dev[task] = sample_dev(t, self.data[task]["dev"].examples, self.spec.eval.dev_cap,
+                                         min_per_label=self.spec.eval.min_dev_per_label)
+            for warning in self._dev[task][1].warnings:
+                log.warning("%s", warning)
+                self.emit({"event": "dev_warning", "task": task, "warning": warning})
+        return self._dev[task]
+
     def dev_examples(self, task: str) -> list[Example]:
-        examples = self.data[task]["dev"].examples
-        cap = self.spec.eval.dev_cap
-        return examples[:cap] if cap else examples
+        """The task's dev set: a label-stratified sample of at most eval.dev_cap
+        examples, independent of the file's order (trainer.data.sample_dev)."""
+        return self._dev_sample(task)[0]
+
+    def dev_selection(self, task: str) -> DevSelection:
+        return self._dev_sample(task)[1]
+
+    def tokenizer(self, base_dir: Path) -> Any:
+        """The base's tokenizer alone (run keys need token counts before any model loads)."""
+        from mtserve.models import load_tokenizer
+
+        if base_dir not in self._tokenizers:
+            self._tokenizers[base_dir] = load_tokenizer(base_dir)
+        return self._tokenizers[base_dir]
 
     def data_identity(self, task: str) -> dict[str, Any]:
         splits = ["train", "dev"] + (["test"] if self.spec.eval.test and "test" in self.data[task] else [])
@@ -400,6 +436,9 @@ def score_dev(
     from mtserve.engine import Engine
 
     engine = Engine(unwrap(model), tokenizer, ctx.catalogue.truncation, max_batch_tokens=ctx.spec.eval.max_batch_tokens, name=label)
+    # Score in the dtype serving will load the model in (float32 weights are
+    # kept; bf16 serving is matched with autocast, float32 serving runs as is).
+    cast = autocast_dtype("bf16" if ctx.eval_dtype == "bfloat16" else "fp32")
     pairs = []
     for t in tasks:
         examples = ctx.dev_examples(t.name) if split == "dev" else ctx.data[t.name][split].examples
@@ -411,7 +450,8 @@ def score_dev(
             last[0] = time.monotonic()
             emit({"event": "eval_progress", "split": split, "done": done, "total": total})
 
-    return evaluate_many(engine, pairs, batch_size=ctx.spec.eval.batch_size, split=split, checkpoint=label or None, progress=progress)
+    with torch.autocast(ctx.device.type, dtype=cast) if cast is not None else contextlib.nullcontext():
+        return evaluate_many(engine, pairs, batch_size=ctx.spec.eval.batch_size, split=split, checkpoint=label or None, progress=progress)
 
 
 def _estimate(ev: TaskEval) -> dict[str, Any]:
@@ -450,13 +490,30 @@ def loop_settings(spec: JobSpec) -> LoopSettings:
     )
 
 
-def _hyper(spec: JobSpec) -> dict[str, Any]:
-    """The settings that change what training produces (not logging cadence)."""
+def _hyper(ctx: Context) -> dict[str, Any]:
+    """The settings that change what training produces, resolved: the precision
+    `auto` chose, the prompt format, the dtype evaluation scores in (not logging
+    cadence, not output paths)."""
+    spec = ctx.spec
     t = spec.training.model_dump(mode="json")
     t.pop("state_every_steps")
     t.pop("log_every_steps")
+    t["precision"] = ctx.precision
     return {"training": t, "max_seq_len": spec.max_seq_len, "seed": spec.seed, "finetune": spec.finetune,
-            "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None}
+            "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None,
+            "prompt_format": PROMPT_FORMAT, "eval_dtype": ctx.eval_dtype}
+
+
+def _precision_record(ctx: Context) -> dict[str, Any]:
+    """For manifests: what was asked, what ran, and what the probe saw."""
+    return {"requested": ctx.spec.training.precision, "resolved": ctx.precision, "probe": probe_description(ctx.device),
+            "master_weights": "float32", "eval_dtype": ctx.eval_dtype}
+
+
+def _eval_key(ctx: Context, **extra: Any) -> dict[str, Any]:
+    """How dev sets are chosen and evaluated: part of every key that evaluates."""
+    e = ctx.spec.eval
+    return {"dev_selection": DEV_SELECTION, "dev_cap": e.dev_cap, "test": e.test, **extra}
 
 
 def encode_tasks(ctx: Context, tokenizer: Any, tasks: Sequence[Task]) -> dict[str, TrainSet]:
@@ -519,9 +576,12 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
     corpus = ctx.spec.path(s0.corpus)
     if not corpus.is_file():
         raise ValidationError("stage0.corpus", "no such file", str(corpus))
+    blocks = read_corpus_blocks(ctx.tokenizer(base_dir), corpus, ctx.spec.max_seq_len)
+    steps = min(s0.steps or steps_for(s0.epochs, len(blocks), ctx.per_step), ctx.spec.max_steps)
+    lr = s0.lr or ctx.spec.training.lr
     payload = {
-        "kind": "stage0", "base": _base_ref(base_dir), "corpus_sha256": ck_sha(corpus), "epochs": s0.epochs if s0.steps is None else None,
-        "steps": s0.steps, "lr": s0.lr or ctx.spec.training.lr, "max_steps": ctx.spec.max_steps, "world": ctx.dist.world, **_hyper(ctx.spec),
+        "kind": "stage0", "base": _base_ref(base_dir), "corpus_sha256": ck_sha(corpus), "steps": steps, "lr": lr,
+        "world": ctx.dist.world, **_hyper(ctx),
     }
     rc = _open_run(ctx, "stage0", "corpus", payload)
     checkpoint_id = f"stage0-{rc.key[:12]}"
@@ -531,10 +591,7 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
         return here if (here / "manifest.json").exists() else Path(ctx.store.result(rc.run_id)["checkpoint"]["path"])  # type: ignore[index]
     with _maybe_lock(ctx, rc.run_id):
         model, tokenizer = load_model(ctx, base_dir, lora=ctx.spec.finetune == "lora")
-        blocks = read_corpus_blocks(tokenizer, corpus, ctx.spec.max_seq_len)
-        steps = s0.steps or steps_for(s0.epochs, len(blocks), ctx.per_step)
-        steps = min(steps, ctx.spec.max_steps)
-        plan = [StagePlan("stage0", {"corpus": 1.0}, steps, s0.lr or ctx.spec.training.lr, strategy="causal_lm")]
+        plan = [StagePlan("stage0", {"corpus": 1.0}, steps, lr, strategy="causal_lm")]
         rc.emit({"event": "run_started", "action": rc.action, "stages": [p.to_dict() for p in plan], "blocks": len(blocks)})
         trainer = Trainer(model, tokenizer, loop_settings(ctx.spec), ctx.store.dir(rc.run_id), emit=rc.emit, dist=ctx.dist)
         outcome = trainer.run(plan, {"corpus": blocks}, resume=rc.action == "resume")
@@ -545,8 +602,8 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
                 ctx.checkpoints_root, checkpoint_id, full, tokenizer, base_dir=base_dir, lora=False, tasks=[],
                 metrics={}, training={"method": "stage0", "run_id": rc.run_id, "run_key": rc.key, "corpus": str(corpus),
                                       "corpus_sha256": payload["corpus_sha256"], "blocks": len(blocks), "stages": outcome.stages,
-                                      "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds, **_hyper(ctx.spec),
-                                      "versions": _versions()},
+                                      "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds, **_hyper(ctx),
+                                      "precision": _precision_record(ctx), "versions": _versions()},
                 description="domain continual pre-training (stage 0)",
             )
             _finalize(ctx, rc, {"kind": "stage0", "run_id": rc.run_id, "checkpoint": {"id": checkpoint_id, "path": str(path)},
@@ -592,13 +649,21 @@ class _maybe_lock:
 def run_single_task(ctx: Context, base_dir: Path, task: Task) -> dict[str, Any]:
     """One task's baseline: the same loop with one task, evaluated on dev before
     the first update (zero-shot) and every eval.every_steps steps; the best
-    evaluation is kept, which may be the untuned base model."""
+    evaluation is kept, which may be the untuned base model.
+
+    The run key holds the resolved plan (step count, lr, evaluation period,
+    patience), not the settings that led to it: `baselines.epochs: 2` and the
+    equal `baselines.steps` share a run, and a job's `max_steps` that does not
+    bind changes nothing."""
+    data = encode_tasks(ctx, ctx.tokenizer(base_dir), [task])
+    steps, notes = baseline_steps(ctx.spec, len(data[task.name]), ctx.per_step)
+    plan = [StagePlan("single", {task.name: 1.0}, steps, ctx.spec.training.lr, strategy="single_task",
+                      eval_every=ctx.spec.eval.every_steps, eval_at_start=True, eval_at_end=True, select_best=True,
+                      patience=ctx.spec.eval.patience)]
     payload = {
         "kind": "single_task", "task": task.to_dict(), "data": ctx.data_identity(task.name), "base": _base_ref(base_dir),
-        "max_train_examples": ctx.spec.max_train_examples, "epochs": ctx.spec.baselines.epochs if ctx.spec.baselines.steps is None else None,
-        "steps": ctx.spec.baselines.steps, "max_steps": ctx.spec.baselines.max_steps or ctx.spec.max_steps,
-        "eval": {"every_steps": ctx.spec.eval.every_steps, "dev_cap": ctx.spec.eval.dev_cap, "test": ctx.spec.eval.test},
-        "world": ctx.dist.world, **_hyper(ctx.spec),
+        "max_train_examples": ctx.spec.max_train_examples, "stages": [p.to_dict() for p in plan], "eval": _eval_key(ctx),
+        "world": ctx.dist.world, **_hyper(ctx),
     }
     rc = _open_run(ctx, "st", task.name, payload)
     if rc.action == "cached":
@@ -607,10 +672,6 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> dict[str, Any]:
     lora = ctx.spec.finetune == "lora"
     with _maybe_lock(ctx, rc.run_id):
         model, tokenizer = load_model(ctx, base_dir, lora=lora)
-        data = encode_tasks(ctx, tokenizer, [task])
-        steps, notes = baseline_steps(ctx.spec, len(data[task.name]), ctx.per_step)
-        plan = [StagePlan("single", {task.name: 1.0}, steps, ctx.spec.training.lr, strategy="single_task",
-                          eval_every=ctx.spec.eval.every_steps, eval_at_start=True, eval_at_end=True, select_best=True)]
         rc.emit({"event": "run_started", "action": rc.action, "tasks": [task.name], "stages": [p.to_dict() for p in plan], "notes": notes})
         evaluator = make_evaluator(ctx, tokenizer, [task], None, rc.run_id, rc.emit)
         trainer = Trainer(model, tokenizer, loop_settings(ctx.spec), ctx.store.dir(rc.run_id), emit=rc.emit, evaluator=evaluator, dist=ctx.dist)
@@ -620,6 +681,12 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> dict[str, Any]:
             result = _finish_single(ctx, rc, base_dir, task, model, tokenizer, outcome, data, notes)
         barrier(ctx.dist)
     return result if ctx.dist.main else ctx.store.result(rc.run_id)  # type: ignore[return-value]
+
+
+def _trivial_estimate(trivial: Trivial) -> dict[str, Any] | None:
+    if trivial.eval is None:
+        return None
+    return {"rule": trivial.rule, "answer": trivial.to_dict()["answer"], **_estimate(trivial.eval)}
 
 
 def _load_eval(ctx: Context, rc: RunContext, entry: Mapping[str, Any], task: str) -> TaskEval:
@@ -636,11 +703,19 @@ def _finish_single(ctx: Context, rc: RunContext, base_dir: Path, task: Task, mod
     selected = {"step": best["step"], "epochs": best["epochs"][task.name], "zero_shot": zero_shot,
                 "label": "zero-shot (the untuned base model beat every fine-tuned step on dev)" if zero_shot
                 else f"fine-tuned, step {best['step']} ({best['epochs'][task.name]:.2f} epochs)"}
-    metrics = {"split": "dev", "dev": {task.name: _estimate(chosen)}, "zero_shot": {task.name: _estimate(zero)}, "selected": selected}
+    trivial = trivial_baseline(task, ctx.train_examples(task.name), ctx.dev_examples(task.name))
+    degenerate = is_degenerate(chosen, trivial)
+    if degenerate:
+        rc.emit({"event": "degenerate_baseline", "task": task.name, "baseline": chosen.value.value, "trivial": trivial.value,
+                 "rule": trivial.rule})
+    metrics = {"split": "dev", "dev": {task.name: _estimate(chosen)}, "zero_shot": {task.name: _estimate(zero)}, "selected": selected,
+               "trivial": {task.name: _trivial_estimate(trivial)}, "degenerate": {task.name: degenerate},
+               "dev_selection": {task.name: ctx.dev_selection(task.name).to_dict()}, "eval_dtype": ctx.eval_dtype}
     training = {
         "method": "single_task", "run_id": rc.run_id, "run_key": rc.key, "stages": outcome.stages, "history": history,
         "saturation": sat.to_dict(), "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds, "notes": notes,
-        "data": {task.name: _data_record(ctx, task.name, data)}, **_hyper(ctx.spec), "versions": _versions(),
+        "data": {task.name: _data_record(ctx, task.name, data)}, **_hyper(ctx), "precision": _precision_record(ctx),
+        "versions": _versions(),
     }
     if zero_shot:
         # Honest: the baseline is the base checkpoint itself; no copy is written.
@@ -662,6 +737,8 @@ def _finish_single(ctx: Context, rc: RunContext, base_dir: Path, task: Task, mod
         "kind": "single_task", "run_id": rc.run_id, "key": rc.key, "task": task.name, "checkpoint": checkpoint, "base": _base_ref(base_dir),
         "selected": selected, "dev": chosen.to_dict(), "zero_shot": zero.to_dict(), "test": test, "history": history,
         "saturation": sat.to_dict(), "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
+        "trivial": trivial.to_dict(), "degenerate": degenerate, "dev_selection": ctx.dev_selection(task.name).to_dict(),
+        "precision": _precision_record(ctx), "stopped_early": (outcome.stages[-1] if outcome.stages else {}).get("stopped_early"),
     }
     _finalize(ctx, rc, result)
     rc.emit({"event": "run_finished", "checkpoint": checkpoint["path"], "selected": selected,
@@ -683,15 +760,20 @@ def _data_record(ctx: Context, task: str, data: Mapping[str, TrainSet]) -> dict[
 def run_multi_task(
     ctx: Context, base_dir: Path, group: str, tasks: Sequence[Task], baselines: Mapping[str, dict[str, Any]], high: Sequence[str]
 ) -> dict[str, Any]:
+    """One model for a group of tasks: the method's stages, evaluated on every
+    task's dev set and qualified against the baselines. Keyed on the resolved
+    stages (rates, step counts, lr), so equivalent spellings of the mixture
+    settings share a run."""
     spec = ctx.spec
-    mixture = {k: v for k, v in spec.mixture.model_dump(mode="json").items() if k in _mixture_keys(spec.method)}
+    data = encode_tasks(ctx, ctx.tokenizer(base_dir), tasks)
+    sizes = {t.name: len(data[t.name]) for t in tasks}
+    stages, notes = plan_stages(spec, spec.method, sizes, high, ctx.per_step)
     payload = {
         "kind": "multi_task", "name": spec.name, "group": group, "method": spec.method, "tasks": [t.to_dict() for t in tasks],
-        "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": _base_ref(base_dir), "mixture": mixture,
-        "high": sorted(high) if spec.method == "two_stage" else None, "max_steps": spec.max_steps,
-        "max_train_examples": spec.max_train_examples,
-        "eval": {"multitask_every_steps": spec.eval.multitask_every_steps, "dev_cap": spec.eval.dev_cap, "test": spec.eval.test},
-        "baselines": {t: b["run_id"] for t, b in sorted(baselines.items())}, "world": ctx.dist.world, **_hyper(spec),
+        "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": _base_ref(base_dir),
+        "stages": [p.to_dict() for p in stages], "max_train_examples": spec.max_train_examples,
+        "eval": _eval_key(ctx, multitask_every_steps=spec.eval.multitask_every_steps),
+        "baselines": {t: b["run_id"] for t, b in sorted(baselines.items())}, "world": ctx.dist.world, **_hyper(ctx),
     }
     rc = _open_run(ctx, "mt", f"{spec.name}-{group}", payload)
     if rc.action == "cached":
@@ -700,9 +782,6 @@ def run_multi_task(
     base_evals = {t: TaskEval.from_dict(b["dev"]) for t, b in baselines.items()}
     with _maybe_lock(ctx, rc.run_id):
         model, tokenizer = load_model(ctx, base_dir, lora=spec.finetune == "lora")
-        data = encode_tasks(ctx, tokenizer, tasks)
-        sizes = {t.name: len(data[t.name]) for t in tasks}
-        stages, notes = plan_stages(spec, spec.method, sizes, high, ctx.per_step)
         rc.emit({"event": "run_started", "action": rc.action, "group": group, "tasks": [t.name for t in tasks],
                  "stages": [p.to_dict() for p in stages], "notes": notes, "high": list(high)})
         evaluator = make_evaluator(ctx, tokenizer, tasks, base_evals, rc.run_id, rc.emit)
@@ -715,12 +794,6 @@ def run_multi_task(
     return result if ctx.dist.main else ctx.store.result(rc.run_id)  # type: ignore[return-value]
 
 
-def _mixture_keys(method: str) -> set[str]:
-    from trainer.job import METHOD_SETTINGS
-
-    return set(METHOD_SETTINGS[method])
-
-
 def _finish_multi(
     ctx: Context, rc: RunContext, base_dir: Path, group: str, tasks: Sequence[Task], model: Any, tokenizer: Any, outcome: Any,
     data: Mapping[str, TrainSet], baselines: Mapping[str, dict[str, Any]], base_evals: Mapping[str, TaskEval], high: Sequence[str], notes: dict,
@@ -729,7 +802,9 @@ def _finish_multi(
     best = outcome.best
     payload = ck.read_json(ctx.store.dir(rc.run_id) / "evals" / best["file"])
     evals = {t.name: TaskEval.from_dict(payload[t.name]) for t in tasks}
-    quals: dict[str, Qualification] = {n: qualify(ev, base_evals[n]) for n, ev in evals.items() if n in base_evals}
+    quals: dict[str, Qualification] = {
+        n: qualify(ev, base_evals[n], degenerate_baseline=bool(baselines[n].get("degenerate"))) for n, ev in evals.items() if n in base_evals
+    }
     qualified = sorted(n for n, q in quals.items() if q.qualified)
     metrics = {
         "split": "dev",
@@ -740,12 +815,16 @@ def _finish_multi(
         "qualification": {n: q.to_dict() for n, q in quals.items()},
         "qualified": qualified,
         "selected": {"stage": best["stage"], "step": best["step"]},
+        "trivial": {n: _trivial_estimate(Trivial.from_dict(b["trivial"])) for n, b in baselines.items() if b.get("trivial")},
+        "dev_selection": {t.name: ctx.dev_selection(t.name).to_dict() for t in tasks},
+        "eval_dtype": ctx.eval_dtype,
     }
     training = {
         "method": spec.method, "group": group, "job": spec.name, "run_id": rc.run_id, "run_key": rc.key, "stages": outcome.stages,
         "high_resource": sorted(high), "mixture": spec.mixture.model_dump(mode="json"), "notes": notes,
         "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
-        "data": {t.name: _data_record(ctx, t.name, data) for t in tasks}, **_hyper(spec), "versions": _versions(),
+        "data": {t.name: _data_record(ctx, t.name, data) for t in tasks}, **_hyper(ctx), "precision": _precision_record(ctx),
+        "versions": _versions(),
         "history": [{"stage": h["stage"], "step": h["step"], "summary": h.get("summary")} for h in outcome.history],
     }
     checkpoint_id = f"{spec.name}-{group}-{rc.key[:12]}"
@@ -763,7 +842,9 @@ def _finish_multi(
         "checkpoint": {"id": checkpoint_id, "path": str(path)}, "dev": {n: ev.to_dict() for n, ev in evals.items()},
         "qualification": {n: q.to_dict() for n, q in quals.items()}, "qualified": qualified, "test": test, "high": sorted(high),
         "stages": outcome.stages, "steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
-        "selected": metrics["selected"],
+        "selected": metrics["selected"], "precision": _precision_record(ctx),
+        "history": [{"stage": h["stage"], "step": h["step"], "epochs": h["epochs"], "values": (h.get("summary") or {}).get("values")}
+                    for h in outcome.history],
     }
     _finalize(ctx, rc, result)
     rc.emit({"event": "run_finished", "checkpoint": str(path), "qualified": qualified,
@@ -881,21 +962,29 @@ def _job_result(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: S
         row: dict[str, Any] = {"task": task.name, "metric": None, "zero_shot": None, "baseline": None, "baseline_checkpoint": None,
                                "baseline_selected": None, "multi_task": None, "ratio": None, "ratio_low": None, "ratio_high": None,
                                "qualified": None, "verdict": None, "group": g["group"] if g else None,
+                               "trivial": None, "degenerate_baseline": None, "routes_on_promote": False,
+                               "dev_warnings": list(ctx.dev_selection(task.name).warnings),
                                # the definition trained and evaluated: promotion compares it with the registry's
                                "task_version": task.version, "definition_hash": task.content_hash(),
                                "checkpoint": g["checkpoint"]["id"] if g else (b["checkpoint"]["id"] if b else None)}
         if b is not None:
             dev = TaskEval.from_dict(b["dev"])
+            trivial = Trivial.from_dict(b["trivial"]) if b.get("trivial") else trivial_baseline(
+                task, ctx.train_examples(task.name), ctx.dev_examples(task.name))
             row.update(metric=dev.primary, zero_shot=_estimate(TaskEval.from_dict(b["zero_shot"])), baseline=_estimate(dev),
-                       baseline_checkpoint=b["checkpoint"]["id"], baseline_selected=b["selected"]["label"])
+                       baseline_checkpoint=b["checkpoint"]["id"], baseline_selected=b["selected"]["label"],
+                       trivial=_trivial_estimate(trivial), degenerate_baseline=is_degenerate(dev, trivial))
         if g is not None:
             ev = TaskEval.from_dict(g["dev"][task.name])
             row.update(metric=ev.primary, multi_task=_estimate(ev))
             q = g["qualification"].get(task.name)
             if q is not None:
-                row.update(ratio=q["ratio"], ratio_low=q["ratio_low"], ratio_high=q["ratio_high"], qualified=q["qualified"], verdict=q["verdict"])
+                qual = Qualification.from_dict(q)
+                row.update(ratio=q["ratio"], ratio_low=q["ratio_low"], ratio_high=q["ratio_high"], qualified=q["qualified"], verdict=qual.label)
             elif g.get("reused_baseline"):
                 row.update(ratio=1.0, qualified=True, verdict="single-task model")
+        # What `--promote` does with the row (trainer.promote routes the point rule's qualified tasks).
+        row["routes_on_promote"] = bool(row["qualified"]) if spec.method != "single_task" else b is not None
         rows.append(row)
     if spec.method == "single_task":
         models = [[t] for t in baselines]

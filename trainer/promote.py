@@ -133,11 +133,12 @@ def qualification_of(result: Mapping[str, Any], row: Mapping[str, Any]) -> tuple
     if qualified is None:
         return None, None, "no qualification verdict: there is no single-task baseline to compare with (baselines.train: false)"
     ratio = ratio_text(row)
-    if verdict == "within noise":
+    degenerate = "; against a degenerate baseline (it does not beat its trivial baseline)" if row.get("degenerate_baseline") else ""
+    if verdict and "within noise" in verdict:
         word = "qualified" if qualified else "not qualified"
-        return bool(qualified), verdict, f"{word} by the point rule, within noise: {ratio} straddles 0.99 of its baseline"
+        return bool(qualified), verdict, f"{word} by the point rule, within noise: {ratio} straddles 0.99 of its baseline{degenerate if qualified else ''}"
     if qualified:
-        return True, verdict, f"qualified: {ratio}, at or above 0.99 of its baseline"
+        return True, verdict, f"qualified: {ratio}, at or above 0.99 of its baseline{degenerate}"
     return False, verdict, f"not qualified: {ratio}, below 0.99 of its baseline"
 
 

@@ -63,6 +63,9 @@ class Qualification:
     p_pass: float  # share of resamples in which candidate >= threshold * baseline
     n: int
     level: float = DEFAULT_LEVEL
+    # The baseline does not beat its trivial baseline (trainer.evaluate.is_degenerate):
+    # reaching 99% of it says little, and the verdict says so.
+    degenerate_baseline: bool = False
 
     @property
     def within_noise(self) -> bool:
@@ -70,19 +73,28 @@ class Qualification:
 
     def describe(self) -> str:
         pct = f"{self.level:.0%}"
+        against = " against a degenerate baseline (it does not beat its trivial baseline)" if self.degenerate_baseline else ""
         head = (
             f"{self.task}: {self.metric} {self.candidate * 100:.2f} vs baseline {self.baseline * 100:.2f}, "
             f"ratio {_fmt_ratio(self.ratio)} ({pct} CI {_fmt_ratio(self.ratio_low)}-{_fmt_ratio(self.ratio_high)}, n={self.n})"
         )
         if self.verdict is Verdict.QUALIFIED:
-            return f"{head}: qualified; the whole interval is at or above {self.threshold}"
+            return f"{head}: qualified{against}; the whole interval is at or above {self.threshold}"
         if self.verdict is Verdict.NOT_QUALIFIED:
             return f"{head}: not qualified; the whole interval is below {self.threshold}"
-        point = "qualified" if self.qualified else "not qualified"
+        point = ("qualified" + against) if self.qualified else "not qualified"
         return (
             f"{head}: {point} by the point estimate, but within noise: the interval straddles {self.threshold} "
             f"({self.p_pass:.0%} of resamples pass)"
         )
+
+    @property
+    def label(self) -> str:
+        """The verdict as a results table says it: qualified / within noise /
+        not qualified, or "qualified against a degenerate baseline"."""
+        if self.degenerate_baseline and self.qualified:
+            return "qualified against a degenerate baseline" + (", within noise" if self.within_noise else "")
+        return self.verdict.value
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -140,6 +152,7 @@ def qualify(
     n_resamples: int | None = None,
     seed: int | None = None,
     level: float = DEFAULT_LEVEL,
+    degenerate_baseline: bool = False,
 ) -> Qualification:
     """Gate one task: the candidate's primary metric against the baseline's,
     with a paired-bootstrap interval of their ratio (resamples and seed default
@@ -186,6 +199,7 @@ def qualify(
         p_pass=float(np.mean(c_samples >= threshold * b_samples)),
         n=stat_c.n,
         level=level,
+        degenerate_baseline=degenerate_baseline,
     )
 
 

@@ -27,8 +27,9 @@ lr(s) = lr x (S - s)/(S - W) for s >= W, reaching lr/(S-W) at the last step
 (never an update at lr 0). Gradients are clipped to `max_grad_norm`.
 Weight decay (default 0) skips biases and norm weights.
 
-Precision: weights and optimizer state in float32; bf16 autocast on a CUDA GPU
-that supports it (precision auto or bf16), plain float32 on CPU. Determinism:
+Precision: weights and optimizer state in float32; bf16 autocast where the
+device has bf16 matrix units (a CUDA GPU that supports it, a CPU with AMX-BF16:
+`mtserve.precision`, precision auto), or wherever bf16 is asked for. Determinism:
 torch is seeded per stage, the sampler is seeded, the loop uses no
 nondeterministic CPU ops, and `torch.use_deterministic_algorithms` is on while
 training (on CUDA also set CUBLAS_WORKSPACE_CONFIG=:4096:8, see docs/training.md).
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtserve.errors import MtserveError, ValidationError
+from mtserve.precision import autocast_dtype, resolve_precision
 from mtserve.prompt import PromptRenderer, Segments
 from mtserve.tasks import Task, Taxonomy, TruncationBudget, TruncationPolicy
 from trainer.sampling import MixtureSampler, _shuffled
@@ -372,12 +374,15 @@ class StagePlan:
     eval_at_start: bool = False  # evaluate before the first update (zero-shot)
     eval_at_end: bool = False
     select_best: bool = False  # keep the best evaluated weights (else the last)
+    # Stop the stage after this many evaluations in a row without a new best
+    # (0: never; needs select_best). The best weights are kept either way.
+    patience: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "strategy": self.strategy, "rates": dict(self.rates), "steps": self.steps, "lr": self.lr,
             "eval_every": self.eval_every, "eval_at_start": self.eval_at_start, "eval_at_end": self.eval_at_end,
-            "select_best": self.select_best,
+            "select_best": self.select_best, "patience": self.patience,
         }
 
 
@@ -451,12 +456,11 @@ class Trainer:
         self.dist = dist or Dist()
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        use_bf16 = settings.precision == "bf16" or (
-            settings.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        )
-        if settings.precision == "bf16" and self.device.type != "cuda":
-            raise ValidationError("training.precision", "bf16 autocast is for CUDA GPUs; this run is on", self.device.type)
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        # One probe decides for training and serving (mtserve.precision): bf16
+        # autocast where the device has bf16 matrix units, float32 weights and
+        # optimizer state always.
+        self.precision = resolve_precision(settings.precision, self.device)
+        self.autocast_dtype = autocast_dtype(self.precision)
         self.loss_module: nn.Module = AnswerLoss(model)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -562,7 +566,8 @@ class Trainer:
         if step < plan.steps:
             window = self._draw_window(sampler, data, plan, seed, window_index, window_start_step, draws_at_window)
         loss_sum, loss_n, tok_window, time_window = 0.0, 0, 0, 0.0
-        while step < plan.steps:
+        stopped = False
+        while step < plan.steps and not stopped:
             k = step - window_start_step
             if k >= len(window):
                 window_start_step = step
@@ -597,12 +602,18 @@ class Trainer:
             if due_eval:
                 best = self._evaluate(plan, step, consumed, sizes, history, best, is_last, untrained=False)
                 self.model.train()
-            if step % s.state_every == 0 or step == plan.steps:
+                if step < plan.steps and self._patience_exhausted(plan, history, best):
+                    stopped = True
+                    stage_meta["stopped_early"] = {"step": step, "patience": plan.patience, "best_step": best["step"]}  # type: ignore[index]
+                    self.emit({"event": "early_stop", "stage": plan.name, "step": step, "steps": plan.steps,
+                               "best_step": best["step"], "patience": plan.patience})  # type: ignore[index]
+            finished = step == plan.steps or stopped
+            if step % s.state_every == 0 or finished:
                 meta = {
-                    "stage_index": index if step < plan.steps else index + 1,
+                    "stage_index": index if not finished else index + 1,
                     "stage": plan.name,
-                    "step": step if step < plan.steps else 0,
-                    "consumed": consumed if step < plan.steps else {},
+                    "step": step if not finished else 0,
+                    "consumed": consumed if not finished else {},
                     "window": {"index": window_index, "start_step": window_start_step, "draws": draws_at_window, "sampler": window_sampler_state},
                     "stages": stages_meta,
                     "history": history,
@@ -610,10 +621,10 @@ class Trainer:
                     "tokens": tokens_total,
                     "steps_total": steps_total,
                     "seconds": time.monotonic() - t0,
-                    "stage_done": step == plan.steps,
+                    "stage_done": finished,
                     "last_stage_step": step,
                 }
-                if step == plan.steps:
+                if finished:
                     meta["window"] = None
                 if self.dist.main:
                     ck.save_train_state(self.run_dir, self.model, optimizer, meta)
@@ -622,6 +633,14 @@ class Trainer:
                 barrier(self.dist)
         stage_meta["epochs"] = {t: consumed[t] / sizes[t] for t in tasks}
         return history, best, tokens_total, steps_total
+
+    @staticmethod
+    def _patience_exhausted(plan: StagePlan, history: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None) -> bool:
+        """`plan.patience` evaluations of this stage in a row after the best one."""
+        if not (plan.patience and plan.select_best and best is not None):
+            return False
+        since = [h for h in history if h["stage"] == plan.name and h["step"] > best["step"]]
+        return len(since) >= plan.patience
 
     def _draw_window(
         self, sampler: MixtureSampler, data: Mapping[str, TrainSet], plan: StagePlan, seed: int, window: int, start_step: int, draws: int
