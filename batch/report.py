@@ -3,7 +3,9 @@ read): per task the count, the label distribution (positive rate for binary
 tasks), the mean for ordinal tasks, the change against the previous reported
 day, and the checkpoint(s) that answered; for the job the rejects by reason,
 throughput and completeness; and, when batch/synth.py's labels.jsonl sits
-beside the logs, accuracy against that SYNTHETIC ground truth.
+beside the logs, accuracy against that SYNTHETIC ground truth, next to the
+accuracy of the trivial answer (the day's most frequent gold label) on the
+same rows.
 
 The binary "positive" label is the one named `yes` when there is one, else
 the task's first label (the catalogue lists the positive first).
@@ -26,6 +28,11 @@ REPORT_VERSION = 1
 SYNTHETIC_NOTE = (
     "accuracy against SYNTHETIC ground truth (labels.jsonl from batch/synth.py): it exercises the pipeline, "
     "it says nothing about real conversations"
+)
+TRIVIAL_NOTE = (
+    "Trivial column: the constant answer that scores best on these same rows, i.e. the day's most frequent gold label "
+    "(gold label set for multi-label tasks; ties go to the task's label order), so a model not above it has learned "
+    "nothing the label counts do not already tell"
 )
 
 
@@ -55,6 +62,7 @@ class _TaskStats:
         self.gt_n = 0
         self.gt_correct = 0
         self.gt_tp = self.gt_fp = self.gt_fn = 0
+        self.gt_gold: Counter[Any] = Counter()  # gold label (single-label) / gold label set as a frozenset (multi-label)
 
     @property
     def taxonomy(self) -> str:
@@ -84,11 +92,13 @@ class _TaskStats:
             if tax is Taxonomy.MULTILABEL:
                 got, want = set(row.labels), set(truth if isinstance(truth, list) else [truth])
                 self.gt_correct += got == want
+                self.gt_gold[frozenset(want)] += 1
                 self.gt_tp += len(got & want)
                 self.gt_fp += len(got - want)
                 self.gt_fn += len(want - got)
             else:
                 self.gt_correct += row.label == truth
+                self.gt_gold[tuple(truth) if isinstance(truth, list) else truth] += 1  # a stray list must not crash the report
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"taxonomy": self.taxonomy, "count": self.count}
@@ -121,8 +131,32 @@ class _TaskStats:
                 p = self.gt_tp / (self.gt_tp + self.gt_fp) if self.gt_tp + self.gt_fp else 0.0
                 r = self.gt_tp / (self.gt_tp + self.gt_fn) if self.gt_tp + self.gt_fn else 0.0
                 acc["micro_f1"] = round(2 * p * r / (p + r), 4) if p + r else 0.0
+            acc["trivial"] = self.trivial(names, multilabel=tax is Taxonomy.MULTILABEL)
             out["synthetic_ground_truth"] = acc
         return out
+
+    def trivial(self, names: Sequence[str], *, multilabel: bool) -> dict[str, Any]:
+        """The yardstick for the accuracy: the most frequent gold answer of the
+        day, scored on the rows it was counted on (exact-set accuracy for
+        multi-label, like the model's). Chosen in-sample on purpose: it is then
+        the best any constant answer can do on these rows, so a model at or
+        below it has shown nothing."""
+        rank = _label_rank(names)
+        if multilabel:
+            # A set ranks as its labels listed in label order: {} before {a} before {a, b} before {b}.
+            best = min(self.gt_gold, key=lambda g: (-self.gt_gold[g], sorted(map(rank, g))))
+            answer: Any = sorted(best, key=rank)
+        else:
+            best = min(self.gt_gold, key=lambda g: (-self.gt_gold[g], rank(g)))
+            answer = list(best) if isinstance(best, tuple) else best
+        return {"answer": answer, "accuracy": _ratio(self.gt_gold[best], self.gt_n)}
+
+
+def _label_rank(names: Sequence[str]):  # type: ignore[no-untyped-def]
+    """Sort key of a label: the task's label order; a label the task does not
+    list (another version's) after them all, by name."""
+    order = {name: i for i, name in enumerate(names)}
+    return lambda label: (order.get(label, len(order)), str(label))
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -269,6 +303,25 @@ def _summary(d: Mapping[str, Any]) -> tuple[str, str]:
     return "-", ""
 
 
+def _accuracy_cells(acc: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    """(accuracy, trivial, model - trivial) cells for one task; "-" where there
+    is no ground truth (generation tasks) or no trivial (a report written
+    before it existed)."""
+    if not acc:
+        return "-", "-", "-"
+    model = acc.get("accuracy", acc.get("exact_set_accuracy"))
+    cell = _pct(model)
+    if "micro_f1" in acc:
+        cell += f" (micro-F1 {acc['micro_f1']:.2f})"
+    trivial = acc.get("trivial")
+    if not trivial:
+        return cell, "-", "-"
+    answer = trivial["answer"]
+    shown = "{" + ", ".join(answer) + "}" if isinstance(answer, list) else str(answer)
+    delta = None if model is None or trivial["accuracy"] is None else model - trivial["accuracy"]
+    return cell, f"{_pct(trivial['accuracy'])} ({shown})", _delta_pp(delta) or "-"
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     r = report
     tp = r["throughput"]
@@ -297,8 +350,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     header = "| task | type | n | answers | change vs previous | checkpoint(s) |"
     rule = "|---|---|---:|---|---|---|"
     if gt:
-        header += " accuracy (SYNTHETIC) |"
-        rule += "---:|"
+        header += " accuracy (SYNTHETIC) | trivial (majority of the day) | model - trivial |"
+        rule += "---:|---:|---:|"
     lines += [header, rule]
     for name, d in r["tasks"].items():
         summary, change = _summary(d)
@@ -308,16 +361,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         ckpts = ", ".join(f"`{k}`" for k in d["checkpoints"])
         row = f"| {name} | {d['taxonomy']} | {d['count']} | {summary} | {change or '-'} | {ckpts} |"
         if gt:
-            acc = d.get("synthetic_ground_truth")
-            cell = "-"
-            if acc:
-                cell = _pct(acc.get("accuracy", acc.get("exact_set_accuracy")))
-                if "micro_f1" in acc:
-                    cell += f" (micro-F1 {acc['micro_f1']:.2f})"
-            row += f" {cell} |"
+            row += "".join(f" {cell} |" for cell in _accuracy_cells(d.get("synthetic_ground_truth")))
         lines.append(row)
     if gt:
-        lines += ["", f"_Accuracy column: {gt['note']}. File: `{gt['file']}`._"]
+        lines += ["", f"_Accuracy column: {gt['note']}. File: `{gt['file']}`. {TRIVIAL_NOTE}._"]
     if r["task_errors"]["total"]:
         lines += ["", "## Task errors (first few)", ""]
         lines += [f"- `{e['conversation_id']}` {e['task']}: {e['error']}" for e in r["task_errors"]["samples"]]

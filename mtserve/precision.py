@@ -1,12 +1,14 @@
 """Which floating-point precision a device runs fast, decided by one probe that
 training and serving share.
 
-bfloat16 pays only where the hardware has bf16 matrix units: a CUDA GPU that
-reports bf16 support, or a CPU with Intel AMX-BF16 (`amx_bf16` in
-/proc/cpuinfo's flags; torch's oneDNN then runs bf16 matmuls on the tile
-unit: 557 vs 81 GFLOP/s in float32 on this project's 2-core build machine).
-Elsewhere a CPU emulates bf16 and is slower than float32, so `auto` stays at
-float32 there.
+bfloat16 pays only where the hardware has bf16 dot-product instructions: a
+CUDA GPU that reports bf16 support, or a CPU whose /proc/cpuinfo flags name
+Intel AMX-BF16 (`amx_bf16`, the tile unit) or AVX512-BF16 (`avx512_bf16`,
+Intel Cooper Lake and later, AMD Zen 4 and later); torch's oneDNN uses either
+for bf16 matmuls. Measured with torch 2.13 at 2 threads, a 1280x576 @ 576x1536
+matmul: 81 vs 557 GFLOP/s (float32 vs bf16) on an AMX machine, 59 vs 261 on
+this project's AMD EPYC build machine (AVX512-BF16). Elsewhere a CPU emulates
+bf16 and is slower than float32, so `auto` stays at float32 there.
 
     auto   bf16 where `bf16_is_fast(device)`, else fp32
     bf16   bf16 autocast wherever asked (allowed everywhere; slow without the units)
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -30,7 +32,8 @@ PrecisionSetting = Literal["auto", "fp32", "bf16"]
 PRECISION_SETTINGS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 # Set to 0 or 1 to override the CPU probe (for a machine whose /proc lies, or a test).
-PROBE_ENV = "MTSERVE_CPU_AMX_BF16"
+PROBE_ENV = "MTSERVE_CPU_BF16"
+CPU_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,12 +49,17 @@ def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_amx_bf16() -> bool:
-    """True when this CPU has AMX-BF16 tile units (or MTSERVE_CPU_AMX_BF16=1)."""
+def cpu_bf16_flags() -> list[str]:
+    """The bf16 instruction sets this CPU reports (sorted; empty: none)."""
+    return sorted(CPU_BF16_FLAGS & _cpuinfo_flags())
+
+
+def cpu_has_bf16_units() -> bool:
+    """True when this CPU has AMX-BF16 or AVX512-BF16 (or MTSERVE_CPU_BF16=1)."""
     forced = os.environ.get(PROBE_ENV)
     if forced in ("0", "1"):
         return forced == "1"
-    return "amx_bf16" in _cpuinfo_flags()
+    return bool(cpu_bf16_flags())
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -59,7 +67,7 @@ def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        return cpu_has_amx_bf16()
+        return cpu_has_bf16_units()
     return False
 
 
@@ -79,22 +87,57 @@ def probe_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda bf16 supported: {bf16_is_fast(device)}"
     forced = os.environ.get(PROBE_ENV)
-    source = f"{PROBE_ENV}={forced}" if forced in ("0", "1") else "/proc/cpuinfo"
-    return f"cpu amx_bf16: {cpu_has_amx_bf16()} ({source})"
+    source = f"{PROBE_ENV}={forced}" if forced in ("0", "1") else f"/proc/cpuinfo flags {cpu_bf16_flags() or 'none'}"
+    return f"cpu bf16 units: {cpu_has_bf16_units()} ({source})"
 
 
 def autocast_dtype(precision: Precision) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+# Two precisions "agree" on a batch of answers when every answer names the same
+# label (set) and no label's probability moves by more than this. bf16 keeps 8
+# bits of mantissa: probabilities move by ~1e-2 on near-ties, never more than a
+# few points on a confident answer. Serving may use bf16 only where this holds.
+AGREEMENT_MAX_PROB_DIFF = 0.05
+
+
+def answers_agree(reference: Sequence[Any], candidate: Sequence[Any], *, max_prob_diff: float = AGREEMENT_MAX_PROB_DIFF) -> tuple[bool, str]:
+    """The criterion by which a lower precision may replace float32: the same
+    label (or label set) for every answer, and every label probability within
+    `max_prob_diff`. Answers are `mtserve.predictions.Prediction`s (duck-typed:
+    `.label`, `.labels`, `.scores`, `.text`). Returns (agree, why not)."""
+    if len(reference) != len(candidate):
+        return False, f"{len(reference)} reference answers vs {len(candidate)}"
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(reference, candidate)):
+        if isinstance(a, Exception) or isinstance(b, Exception):
+            if type(a) is not type(b):
+                return False, f"answer {i}: one precision failed ({a!r} vs {b!r})"
+            continue
+        if (a.label, tuple(a.labels), a.text) != (b.label, tuple(b.labels), b.text):
+            return False, f"answer {i} ({a.task}): {a.label or a.text!r} vs {b.label or b.text!r}"
+        pb = {s.label: s.probability for s in b.scores}
+        for s in a.scores:
+            diff = abs(s.probability - pb.get(s.label, 0.0))
+            worst = max(worst, diff)
+            if diff > max_prob_diff:
+                return False, f"answer {i} ({a.task}): p({s.label}) {s.probability:.4f} vs {pb.get(s.label, 0.0):.4f}"
+    return True, f"all {len(reference)} answers agree (largest probability difference {worst:.4f})"
+
+
 __all__ = [
+    "AGREEMENT_MAX_PROB_DIFF",
     "PRECISION_SETTINGS",
     "PROBE_ENV",
     "Precision",
     "PrecisionSetting",
+    "answers_agree",
     "autocast_dtype",
+    "CPU_BF16_FLAGS",
     "bf16_is_fast",
-    "cpu_has_amx_bf16",
+    "cpu_bf16_flags",
+    "cpu_has_bf16_units",
     "probe_description",
     "resolve_precision",
 ]

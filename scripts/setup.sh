@@ -41,7 +41,7 @@ fi
 stamp=.venv/.mtserve-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing mtserve and its dependencies"
-  "${PIP[@]}" install -e ".[dev,bench]" >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+  "${PIP[@]}" install -e ".[dev,bench,curves]" >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
   .venv/bin/python -c 'import mtserve, grpc, celery, transformers' # fail loudly if the install did
   # These two declare dependencies that would compile llama.cpp or pull
   # scikit-learn; mtserve only reads their data files.

@@ -623,6 +623,19 @@ def _finalize(ctx: Context, rc: RunContext, result: Mapping[str, Any]) -> None:
     folder = ctx.store.dir(rc.run_id)
     ck.clear_train_state(folder)
     shutil.rmtree(folder / "best", ignore_errors=True)
+    _write_curves(folder)
+
+
+def _write_curves(folder: Path) -> None:
+    """TensorBoard event files of a run, from its events (`tensorboard --logdir
+    <runs_dir>`); a missing optional extra or a plotting failure never fails a run."""
+    from trainer.curves import write_tensorboard
+    from trainer.runs import read_events
+
+    try:
+        write_tensorboard(read_events(folder / EVENTS), folder / "tensorboard")
+    except Exception as exc:  # the run's result is written already; curves are a view of it
+        log.warning("could not write TensorBoard files for %s: %s", folder.name, exc)
 
 
 def ck_sha(path: Path) -> str:
@@ -868,6 +881,7 @@ class JobResult:
     bad_lines: list[str]
     seconds: float
     table_markdown: str = ""
+    report_files: dict[str, str] = field(default_factory=dict)  # the job report (markdown) and its plots
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -904,6 +918,7 @@ def run_job(
                 groups_out.append(_run_group(ctx, base_dir, group, tasks, baselines, high))
         result = _job_result(ctx, baselines, groups_out, time.monotonic() - started)
         if _is_main():
+            result.report_files = write_job_report(ctx, result, baselines, groups_out)
             ck.write_json(spec.runs_path / f"job-{spec.name}.result.json", result.to_dict())
         job_emit({"event": "job_finished", "checkpoints": result.checkpoints, "num_qualified": result.num_qualified,
                   "overhead": result.overhead, "seconds": result.seconds})
@@ -999,6 +1014,62 @@ def _job_result(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: S
         runs=[b["run_id"] for b in baselines.values()] + [g["run_id"] for g in groups if not g.get("reused_baseline")],
         bad_lines=ctx.bad_lines[:1000], seconds=seconds, table_markdown=_table(ctx, baselines, groups),
     )
+
+
+def write_job_report(
+    ctx: Context, result: JobResult, baselines: Mapping[str, dict[str, Any]], groups: Sequence[dict[str, Any]]
+) -> dict[str, str]:
+    """`<runs_dir>/job-<name>.report/`: report.md (the result table and one dev
+    curve per task) and a PNG per task: the single-task baseline's dev metric
+    over its steps, the multi-task model's, and dashed lines for the selected
+    baseline, the trivial baseline and zero-shot, so a reader sees learning
+    instead of inferring it. Plots need the `curves` extra; without it the
+    report still has its table."""
+    from trainer.curves import plot_task_curve
+
+    folder = ctx.spec.runs_path / f"job-{ctx.spec.name}.report"
+    folder.mkdir(parents=True, exist_ok=True)
+    group_of = {t: g for g in groups for t in g["tasks"]}
+    files: dict[str, str] = {}
+    lines = [f"# Job report: {ctx.spec.name}", "", result.table_markdown or "", ""]
+    for row in result.rows:
+        name = row["task"]
+        curves: dict[str, list[tuple[int, float]]] = {}
+        b = baselines.get(name)
+        if b is not None:
+            curves["single-task"] = [(int(h["step"]), float(h["value"])) for h in b.get("history", [])]
+        g = group_of.get(name)
+        if g is not None and not g.get("reused_baseline"):
+            mt = ctx.store.result(g["run_id"]) or {}
+            offsets, total = {}, 0
+            for st in mt.get("stages", []):  # each stage counts its steps from 0: place them end to end
+                offsets[st["name"]] = total
+                total += int(st.get("steps_done", 0))
+            curves[f"multi-task ({ctx.spec.method})"] = [
+                (offsets.get(h["stage"], 0) + int(h["step"]), float(h["values"][name]))
+                for h in mt.get("history", []) if (h.get("values") or {}).get(name) is not None
+            ]
+        levels = {"baseline": (row["baseline"] or {}).get("value"), "trivial": (row.get("trivial") or {}).get("value"),
+                  "zero-shot": (row["zero_shot"] or {}).get("value")}
+        try:
+            path = plot_task_curve(folder / f"{name}.png", name, row["metric"] or "", curves, lines=levels,
+                                   title=f"{name}: dev {row['metric']} ({ctx.spec.name})")
+        except Exception as exc:  # a plot is a view of the result, never its cause of failure
+            log.warning("could not plot %s: %s", name, exc)
+            path = None
+        verdict = row.get("verdict") or ("degenerate baseline" if row.get("degenerate_baseline") else "-")
+        lines.append(f"## {name}: {verdict}")
+        lines.append("")
+        if path is not None:
+            files[name] = str(path)
+            lines += [f"![{name} dev curve]({path.name})", ""]
+        for warning in row.get("dev_warnings") or []:
+            lines += [f"- warning: {warning}"]
+        lines.append("")
+    report = folder / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    files["report"] = str(report)
+    return files
 
 
 def _table(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: Sequence[dict[str, Any]]) -> str:

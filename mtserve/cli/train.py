@@ -170,27 +170,101 @@ def print_result(result: Any) -> None:
     if not console.is_terminal:
         console = Console(width=160)  # a log file or a pipe: do not squeeze the table into 80 columns
     table = Table(title=f"job {result.job}: {result.method} (dev, 95% intervals)")
-    for col in ("task", "metric", "zero-shot", "baseline", "multi-task", "ratio", "qualified"):
+    for col in ("task", "metric", "zero-shot", "trivial", "baseline", "multi-task", "ratio (95% CI)", "verdict", "--promote"):
         table.add_column(col)
     for r in result.rows:
-        ratio = "-" if r["ratio"] is None else (f"{r['ratio']:.3f}" if r["ratio_low"] is None else f"{r['ratio']:.3f} ({r['ratio_low']:.3f}-{r['ratio_high'] if r['ratio_high'] is None else format(r['ratio_high'], '.3f')})")
-        qualified = "-" if r["qualified"] is None else ("yes" if r["qualified"] else "no")
-        if r["verdict"] == "within noise":
-            qualified += " (within noise)"
-        base = _pct(r["baseline"])
-        if r["baseline_selected"] and r["baseline_selected"].startswith("zero-shot"):
-            base += " = zero-shot"
-        table.add_row(r["task"], r["metric"] or "-", _pct(r["zero_shot"]), base, _pct(r["multi_task"]), ratio, qualified)
+        table.add_row(*result_row_cells(r, result.method))
     console.print(table)
     if result.method != "single_task":
         over = "-" if result.overhead is None else f"{result.overhead * 100:.1f}%"
         console.print(f"qualified: {result.num_qualified}/{len(result.rows)}   overhead: {over}   models: {len(result.checkpoints)}")
     for path in result.checkpoints:
         console.print(f"checkpoint: {path}", soft_wrap=True, highlight=False)
+    for r in result.rows:
+        for warning in r.get("dev_warnings") or []:
+            console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
+        if r.get("degenerate_baseline"):
+            console.print(f"[yellow]warning: {r['task']}: the single-task baseline does not beat its trivial baseline "
+                          f"({(r.get('trivial') or {}).get('rule', '?')}); a gate against it says little[/yellow]", highlight=False)
     if result.bad_lines:
         console.print(f"[yellow]{len(result.bad_lines)} bad data line(s) were skipped[/yellow]")
     if getattr(result, "promotion", None):
         print_promotion(result.promotion)
+
+
+def result_row_cells(r: Mapping[str, Any], method: str) -> list[str]:
+    """One row of the job table: per task zero-shot, trivial, single-task
+    baseline, multi-task metric, ratio with its interval, verdict, and whether
+    `--promote` routes it."""
+    if r["ratio"] is None:
+        ratio = "-"
+    elif r["ratio_low"] is None:
+        ratio = f"{r['ratio']:.3f}"
+    else:
+        high = "inf" if r["ratio_high"] is None else f"{r['ratio_high']:.3f}"
+        ratio = f"{r['ratio']:.3f} ({r['ratio_low']:.3f}-{high})"
+    base = _pct(r["baseline"])
+    if r["baseline_selected"] and r["baseline_selected"].startswith("zero-shot"):
+        base += " = zero-shot"
+    if r.get("degenerate_baseline"):
+        base += " (degenerate)"
+    if r["verdict"]:
+        verdict = r["verdict"]
+    elif method == "single_task" and r["baseline"] is not None:
+        verdict = "degenerate baseline" if r.get("degenerate_baseline") else "single-task model"
+    else:
+        verdict = "-"
+    return [r["task"], r["metric"] or "-", _pct(r["zero_shot"]), _pct(r.get("trivial")), base, _pct(r["multi_task"]), ratio,
+            verdict, "routes" if r.get("routes_on_promote") else "stays"]
+
+
+@train_app.command("sweep")
+def sweep_cmd(
+    file: Path = typer.Option(..., "--file", "-f", help="A job spec (YAML): its tasks, data, model and settings; method and mixture are ignored."),
+    lr: list[float] = typer.Option(None, "--lr", help="Learning rates for full fine-tuning (repeat; default 3e-5 1e-4 3e-4)."),
+    lora_lr: list[float] = typer.Option(None, "--lora-lr", help="Learning rates for LoRA (repeat; default 3e-4 1e-3 3e-3)."),
+    finetune: list[str] = typer.Option(None, "--finetune", help="full and/or lora (repeat; default both)."),
+    precision: list[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16 (repeat to compare; default the job's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, sweep.md and the curve plots (default <runs_dir>/sweep-<job>)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sweep result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Learning-rate sweep: the job's single-task baselines at each rate, full
+    fine-tuning and LoRA, chosen on dev (highest mean metric). Every point is a
+    cached run: an interrupted sweep resumes, a wider grid trains only the new points."""
+    from trainer.job import load_job
+    from trainer.sweep import DEFAULT_GRID, run_sweep
+
+    spec = load_job(file)
+    modes = finetune or ["full", "lora"]
+    for i, mode in enumerate(modes):
+        if mode not in DEFAULT_GRID:
+            raise ValidationError(f"--finetune[{i}]", "must be full or lora", mode)
+    for i, p in enumerate(precision or []):
+        if p not in ("auto", "fp32", "bf16"):
+            raise ValidationError(f"--precision[{i}]", "must be auto, fp32 or bf16", p)
+    for name, values in (("--lr", lr or []), ("--lora-lr", lora_lr or [])):
+        for i, v in enumerate(values):
+            if not v > 0:
+                raise ValidationError(f"{name}[{i}]", "must be a positive number", v)
+    given = {"full": lr, "lora": lora_lr}
+    grid = {m: tuple(given[m] or DEFAULT_GRID[m]) for m in modes}
+    out_dir = out or spec.runs_path / f"sweep-{spec.name}"
+    display = _Display(quiet=quiet or as_json)
+    try:
+        result = run_sweep(spec, grid, precisions=precision or None, settings=settings(), emit=display, out_dir=out_dir)
+    finally:
+        display.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "sweep.json").write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+    (out_dir / "sweep.md").write_text(result.to_markdown() + "\n", encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    typer.echo(result.to_markdown())
+    for group, value in sorted(result.chosen.items()):
+        typer.echo(f"chosen: {group}: lr {value:g}")
+    typer.echo(f"written: {out_dir / 'sweep.md'}, {out_dir / 'sweep.json'}" + (f", {len(result.files)} plot(s)" if result.files else ""))
 
 
 @train_app.command("run")

@@ -19,15 +19,15 @@ from sqlalchemy import delete, update
 from batch import jobs, schema
 from batch.local_scorer import LocalScorer
 from batch.logs import LogRecord, read_chunk
-from batch.report import render_markdown
+from batch.report import build_report, render_markdown
 from batch.routing import applicable, check_selection
 from batch.scoring import Answer, Item, TaskError
-from batch.store import ResultStore
+from batch.store import ChunkState, Job, ResultRow, ResultStore
 from batch.synth import generate_day, write_day
 from mtserve.config import Settings, load_settings
 from mtserve.engine import Engine, Request
 from mtserve.errors import PreconditionError, ValidationError
-from mtserve.tasks import Channel, InputKind
+from mtserve.tasks import Channel, InputKind, builtin_catalogue_path, load_catalogue
 
 DATE = "2024-05-01"
 
@@ -300,6 +300,76 @@ def test_report_and_export(settings: Settings, store: ResultStore, scorer: Local
     assert table.num_rows == len(rows)
     one = table.filter(ds.field("task") == "see").to_pylist()[0]
     assert {s["label"] for s in one["scores"]} == {"1", "2", "3", "4", "5"} and one["expected_value"] is not None
+
+
+# -- the trivial baseline beside the synthetic accuracy ---------------------------------------------
+def report_with_truth(tmp_path: Path, rows: Sequence[tuple[str, str, Any, Any]]) -> dict[str, Any]:
+    """build_report over hand-written results, no model: rows are
+    (task, conversation_id, the model's answer, the gold label). A str answer
+    is a label, a list a label set, a None answer a generation row."""
+    tasks = {t.name: t for t in load_catalogue(builtin_catalogue_path("hotel")).tasks}
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"conversation_id": c, "task": t, "label": gold}) + "\n" for t, c, _, gold in rows))
+    results = [
+        ResultRow(c, t, 0, "ckpt", DATE, "call", "job-1", 0, answer if isinstance(answer, str) else None,
+                  answer if isinstance(answer, list) else ([answer] if isinstance(answer, str) else []), {},
+                  text="a summary" if answer is None else None)
+        for t, c, answer, _ in rows
+    ]
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        store.upsert_results(results)
+        job = Job("job-1", DATE, str(tmp_path), "running", "local", None, 4, 1, len(rows), 0, {}, "", str(labels), 1, time.time())
+        chunk = ChunkState("job-1", 0, {}, len(rows), "done", 1, None, 1, None, None, None, len(rows), len(rows), len(rows), 0, [],
+                           sorted({(t, 0, "ckpt") for t, *_ in rows}), 1.0, None)
+        return build_report(store, job, [chunk], tasks, status="finished", finished_at=time.time())
+    finally:
+        store.close()
+
+
+def md_row(md: str, task: str) -> list[str]:
+    line = next(x for x in md.splitlines() if x.startswith(f"| {task} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_trivial_equals_a_model_that_answers_the_majority(tmp_path: Path) -> None:
+    gold = ["yes", "no", "no", "no"]
+    rows = [("id", f"c{i}", "no", g) for i, g in enumerate(gold)] + [("cs", "c0", None, "a summary")]
+    report = report_with_truth(tmp_path, rows)
+    acc = report["tasks"]["id"]["synthetic_ground_truth"]
+    assert acc["n"] == 4 and acc["accuracy"] == 0.75
+    assert acc["trivial"] == {"answer": "no", "accuracy": 0.75}
+    assert "synthetic_ground_truth" not in report["tasks"]["cs"]  # generation: no accuracy, so no trivial either
+    md = render_markdown(report)
+    assert "| accuracy (SYNTHETIC) | trivial (majority of the day) | model - trivial |" in md
+    assert md_row(md, "id")[-3:] == ["75.0%", "75.0% (no)", "+0.0 pp"]
+    assert md_row(md, "cs")[-3:] == ["-", "-", "-"]
+    assert "Trivial column: the constant answer" in md
+
+
+def test_trivial_breaks_a_tie_by_label_order(tmp_path: Path) -> None:
+    """2 no and 2 yes, the no first: the task lists yes first, so yes (neither
+    first-seen nor alphabetical order would say so)."""
+    gold = ["no", "no", "yes", "yes"]
+    answers = ["yes", "yes", "yes", "no"]
+    report = report_with_truth(tmp_path, [("id", f"c{i}", a, g) for i, (a, g) in enumerate(zip(answers, gold))])
+    acc = report["tasks"]["id"]["synthetic_ground_truth"]
+    assert acc["accuracy"] == 0.25  # c2 only
+    assert acc["trivial"] == {"answer": "yes", "accuracy": 0.5}
+    assert md_row(render_markdown(report), "id")[-2:] == ["50.0% (yes)", "-25.0 pp"]
+
+
+def test_trivial_of_a_multilabel_task_is_the_most_frequent_gold_set(tmp_path: Path) -> None:
+    """driver_late is the most frequent single label (4 of 7) but {no_show,
+    detour} the most frequent set (3 of 7, however its labels are listed);
+    exact-set accuracy, like the model's."""
+    gold = [["no_show", "detour"], ["detour", "no_show"], ["no_show", "detour"],
+            ["driver_late"], ["driver_late"], ["driver_late", "lost_item"], ["lost_item", "driver_late"]]
+    report = report_with_truth(tmp_path, [("csc", f"c{i}", ["driver_late"], g) for i, g in enumerate(gold)])
+    acc = report["tasks"]["csc"]["synthetic_ground_truth"]
+    assert acc["exact_set_accuracy"] == pytest.approx(2 / 7, abs=1e-4) and "accuracy" not in acc
+    assert acc["trivial"] == {"answer": ["no_show", "detour"], "accuracy": pytest.approx(3 / 7, abs=1e-4)}  # in label order
+    assert md_row(render_markdown(report), "csc")[-2:] == ["42.9% ({no_show, detour})", "-14.3 pp"]
 
 
 def test_input_kinds_are_conversation_only() -> None:
