@@ -828,7 +828,7 @@ def _finish_multi(
         "qualification": {n: q.to_dict() for n, q in quals.items()},
         "qualified": qualified,
         "selected": {"stage": best["stage"], "step": best["step"]},
-        "trivial": {n: _trivial_estimate(Trivial.from_dict(b["trivial"])) for n, b in baselines.items() if b.get("trivial")},
+        "trivial": {t.name: _trivial_estimate(trivial_baseline(t, ctx.train_examples(t.name), ctx.dev_examples(t.name))) for t in tasks},
         "dev_selection": {t.name: ctx.dev_selection(t.name).to_dict() for t in tasks},
         "eval_dtype": ctx.eval_dtype,
     }
@@ -982,13 +982,15 @@ def _job_result(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: S
                                # the definition trained and evaluated: promotion compares it with the registry's
                                "task_version": task.version, "definition_hash": task.content_hash(),
                                "checkpoint": g["checkpoint"]["id"] if g else (b["checkpoint"]["id"] if b else None)}
+        # The trivial baseline stands beside every task, with or without a trained baseline.
+        trivial = Trivial.from_dict(b["trivial"]) if b and b.get("trivial") else trivial_baseline(
+            task, ctx.train_examples(task.name), ctx.dev_examples(task.name))
+        row["trivial"] = _trivial_estimate(trivial)
         if b is not None:
             dev = TaskEval.from_dict(b["dev"])
-            trivial = Trivial.from_dict(b["trivial"]) if b.get("trivial") else trivial_baseline(
-                task, ctx.train_examples(task.name), ctx.dev_examples(task.name))
             row.update(metric=dev.primary, zero_shot=_estimate(TaskEval.from_dict(b["zero_shot"])), baseline=_estimate(dev),
                        baseline_checkpoint=b["checkpoint"]["id"], baseline_selected=b["selected"]["label"],
-                       trivial=_trivial_estimate(trivial), degenerate_baseline=is_degenerate(dev, trivial))
+                       degenerate_baseline=is_degenerate(dev, trivial))
         if g is not None:
             ev = TaskEval.from_dict(g["dev"][task.name])
             row.update(metric=ev.primary, multi_task=_estimate(ev))
