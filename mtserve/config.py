@@ -237,6 +237,11 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# MTSERVE_* variables that are not settings: the config file's path, and the
+# override of mtserve.precision's CPU probe (PROBE_ENV; kept import-free here).
+NOT_SETTINGS = frozenset({"MTSERVE_CONFIG", "MTSERVE_CPU_BF16"})
+
+
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, value in env.items():
@@ -286,7 +291,7 @@ def load_settings(
         if not isinstance(loaded, Mapping):
             raise ValidationError(str(file), "must be a mapping of settings", type(loaded).__name__)
         data = _merge(data, loaded)
-    env_layer = _env_layer({k: v for k, v in env.items() if k != "MTSERVE_CONFIG"})
+    env_layer = _env_layer({k: v for k, v in env.items() if k not in NOT_SETTINGS})
     data = _merge(data, env_layer)
     data = _merge(data, _nest(overrides or {}))
     try:
@@ -296,7 +301,7 @@ def load_settings(
         key = ".".join(str(p) for p in err["loc"])
         origin = source
         env_name = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
-        matches = sorted(n for n in env if n.startswith(env_name) and n != "MTSERVE_CONFIG")
+        matches = sorted(n for n in env if n.startswith(env_name) and n not in NOT_SETTINGS)
         if matches and not _nest(overrides or {}).get(str(err["loc"][0])):
             origin = f"environment variable {matches[0]}"
         if err["type"] == "extra_forbidden":

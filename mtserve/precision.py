@@ -95,35 +95,47 @@ def autocast_dtype(precision: Precision) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-# Two precisions "agree" on a batch of answers when every answer names the same
-# label (set) and no label's probability moves by more than this. bf16 keeps 8
-# bits of mantissa: probabilities move by ~1e-2 on near-ties, never more than a
-# few points on a confident answer. Serving may use bf16 only where this holds.
+# Two precisions "agree" on a batch of answers when no label's probability
+# moves by more than this, and an answer names another label only where the
+# reference itself was a near tie (its top label ahead of that label by at most
+# this much). bf16 keeps 8 bits of mantissa: on the default model every hotel
+# task on every sample moved by at most 0.028, and the four answers that flipped
+# were ties such as 0.494/0.506 (tests/mtserve/test_default_model.py).
 AGREEMENT_MAX_PROB_DIFF = 0.05
 
 
 def answers_agree(reference: Sequence[Any], candidate: Sequence[Any], *, max_prob_diff: float = AGREEMENT_MAX_PROB_DIFF) -> tuple[bool, str]:
-    """The criterion by which a lower precision may replace float32: the same
-    label (or label set) for every answer, and every label probability within
-    `max_prob_diff`. Answers are `mtserve.predictions.Prediction`s (duck-typed:
-    `.label`, `.labels`, `.scores`, `.text`). Returns (agree, why not)."""
+    """The criterion by which a lower precision may replace float32: every
+    label probability within `max_prob_diff`, and every answer the same label
+    except where the reference's margin over the candidate's label is within
+    `max_prob_diff` (a near tie, which any rounding may break either way; a
+    multi-label set can then only differ on labels at its threshold).
+    Answers are `mtserve.predictions.Prediction`s (duck-typed: `.task`,
+    `.label`, `.labels`, `.scores`, `.text`). Returns (agree, why)."""
     if len(reference) != len(candidate):
         return False, f"{len(reference)} reference answers vs {len(candidate)}"
-    worst = 0.0
+    worst, ties = 0.0, 0
     for i, (a, b) in enumerate(zip(reference, candidate)):
         if isinstance(a, Exception) or isinstance(b, Exception):
             if type(a) is not type(b):
                 return False, f"answer {i}: one precision failed ({a!r} vs {b!r})"
             continue
-        if (a.label, tuple(a.labels), a.text) != (b.label, tuple(b.labels), b.text):
-            return False, f"answer {i} ({a.task}): {a.label or a.text!r} vs {b.label or b.text!r}"
+        if a.text != b.text:
+            return False, f"answer {i} ({a.task}): generated {a.text!r} vs {b.text!r}"
+        pa = {s.label: s.probability for s in a.scores}
         pb = {s.label: s.probability for s in b.scores}
-        for s in a.scores:
-            diff = abs(s.probability - pb.get(s.label, 0.0))
+        for label, p in pa.items():
+            diff = abs(p - pb.get(label, 0.0))
             worst = max(worst, diff)
             if diff > max_prob_diff:
-                return False, f"answer {i} ({a.task}): p({s.label}) {s.probability:.4f} vs {pb.get(s.label, 0.0):.4f}"
-    return True, f"all {len(reference)} answers agree (largest probability difference {worst:.4f})"
+                return False, f"answer {i} ({a.task}): p({label}) {p:.4f} vs {pb.get(label, 0.0):.4f}"
+        if a.label != b.label or tuple(a.labels) != tuple(b.labels):
+            margin = pa.get(a.label, 0.0) - pa.get(b.label, 0.0) if a.label is not None else 0.0
+            if margin > max_prob_diff:
+                return False, f"answer {i} ({a.task}): {a.label!r} vs {b.label!r} (reference margin {margin:.4f})"
+            ties += 1
+    return True, (f"all {len(reference)} answers agree (largest probability difference {worst:.4f}; "
+                  f"{ties} near tie(s) broken the other way)")
 
 
 __all__ = [

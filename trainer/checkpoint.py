@@ -237,6 +237,25 @@ def clear_train_state(run_dir: Path) -> None:
 # -- final checkpoints ---------------------------------------------------------------------
 
 
+def parameter_count(folder: Path) -> int:
+    """Parameters of a checkpoint's weights, read from the safetensors headers
+    alone (no tensor is loaded): the scale `trainer.job.default_lr` goes by."""
+    from safetensors import safe_open
+
+    total = 0
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise IntegrityError(f"checkpoint {folder} holds no .safetensors weights")
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                n = 1
+                for dim in f.get_slice(name).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
 def base_identity(base_dir: Path) -> dict[str, str]:
     """How a checkpoint names its base: id and the digest of its files."""
     manifest = read_manifest(base_dir)

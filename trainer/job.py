@@ -22,7 +22,7 @@ typo for another method, not a no-op), in the spirit of
     max_train_examples: null        # per task: the first N lines of train.jsonl
     on_bad_lines: fail              # fail | report
     device: auto                    # auto | cpu | cuda | cuda:N
-    training:   {lr: 3.0e-5, micro_batch: 1, grad_accum: 8, ...}
+    training:   {lr: null, micro_batch: 1, grad_accum: 8, ...}   # lr null: by model scale (default_lr)
     mixture:    {stage1_epochs: 1, stage2_epochs: 10, cap_k: 8000, tau: 3.33, ...}
     baselines:  {train: true, epochs: 10, ...}
     resources:  {high: null, saturation_epochs: 5}
@@ -75,6 +75,28 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "two_stage": frozenset({"stage1_epochs", "stage1_steps", "stage2_epochs", "stage2_steps", "tau", "cap_k"}),
 }
 
+# Learning rates when `training.lr` is left out, by fine-tuning mode and model
+# scale. Table 6's 3e-5 is the paper's for Qwen2-7B over 15,000 steps; a 135M
+# model trained for a hundred CPU steps barely moves at it, so models under
+# LARGE_MODEL_PARAMS take the rates the learning-rate sweep of
+# docs/training.md chose on dev (SmolLM2-135M, `mtserve train sweep`). LoRA on
+# a large model: 2e-4, the common LoRA rate (the paper fine-tunes fully).
+LARGE_MODEL_PARAMS = 1_000_000_000
+SMALL_FULL_LR = 1e-4  # PROVISIONAL: set from the sweep
+SMALL_LORA_LR = 1e-3  # PROVISIONAL: set from the sweep
+DEFAULT_LR: dict[tuple[str, str], float] = {
+    ("full", "large"): 3e-5,
+    ("lora", "large"): 2e-4,
+    ("full", "small"): SMALL_FULL_LR,
+    ("lora", "small"): SMALL_LORA_LR,
+}
+
+
+def default_lr(finetune: str, n_params: int) -> float:
+    """The learning rate of a job that does not set one (see DEFAULT_LR)."""
+    return DEFAULT_LR[(finetune, "large" if n_params >= LARGE_MODEL_PARAMS else "small")]
+
+
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -108,7 +130,9 @@ class _Section(BaseModel):
 class TrainingSpec(_Section):
     """Optimizer and batching, shared by every run of the job (stage 0 may override lr)."""
 
-    lr: Float = Field(3e-5, gt=0)  # Table 6
+    # null (the default): by model scale, `default_lr` below (Table 6's 3e-5 for
+    # models of 1B parameters and more); a number: that rate.
+    lr: Float | None = Field(None, gt=0)
     micro_batch: Int = Field(1, ge=1)  # Table 6: batch size 1 ...
     grad_accum: Int = Field(8, ge=1)  # ... x gradient accumulation 8
     weight_decay: Float = Field(0.0, ge=0)
@@ -405,6 +429,7 @@ __all__ = [
     "Stage0Spec",
     "TaskFilterSpec",
     "TrainingSpec",
+    "default_lr",
     "load_job",
     "parse_job",
 ]

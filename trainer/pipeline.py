@@ -50,7 +50,7 @@ from mtserve.precision import autocast_dtype, probe_description, resolve_precisi
 from mtserve.prompt import PROMPT_FORMAT
 from trainer.data import DEV_SELECTION, DevSelection, Example, SplitData, check_no_bad_lines, load_task_data, sample_dev
 from trainer.evaluate import TaskEval, Trivial, evaluate_many, is_degenerate, trivial_baseline
-from trainer.job import JobSpec
+from trainer.job import JobSpec, default_lr
 from trainer.qualify import Qualification, overhead, qualify
 from trainer.runs import EVENTS, EventLog, RunStore, run_key
 from trainer.sampling import rates_for
@@ -134,12 +134,15 @@ def steps_for(epochs: float, pool: int, per_step: int) -> int:
 
 
 def plan_stages(
-    spec: JobSpec, method: str, sizes: Mapping[str, int], high: Sequence[str], per_step: int
+    spec: JobSpec, method: str, sizes: Mapping[str, int], high: Sequence[str], per_step: int, *, lr: float | None = None
 ) -> tuple[list[StagePlan], dict[str, Any]]:
     """The stages of one multi-task run over `sizes` (task -> training examples),
-    and notes on how their lengths were set."""
+    and notes on how their lengths were set. `lr`: the resolved rate (default:
+    training.lr, which must then be set)."""
     mx = spec.mixture
-    lr = spec.training.lr
+    lr = lr if lr is not None else spec.training.lr
+    if lr is None:
+        raise ValidationError("training.lr", "plan_stages needs a resolved learning rate (Context.lr)", None, show_value=False)
     every = spec.eval.multitask_every_steps
     pool_all = sum(sizes.values())
     pool_capped = sum(min(n, mx.cap_k) for n in sizes.values())
@@ -230,6 +233,13 @@ class Context:
     def precision(self) -> str:
         """What training.precision resolved to on this device (one probe: mtserve.precision)."""
         return resolve_precision(self.spec.training.precision, self.device)
+
+    @property
+    def lr(self) -> float:
+        """training.lr, or when left out the rate for this base's scale (trainer.job.default_lr)."""
+        if self.spec.training.lr is not None:
+            return self.spec.training.lr
+        return default_lr(self.spec.finetune, ck.parameter_count(self.base_dir))
 
     @property
     def eval_dtype(self) -> str:
@@ -499,6 +509,7 @@ def _hyper(ctx: Context) -> dict[str, Any]:
     t.pop("state_every_steps")
     t.pop("log_every_steps")
     t["precision"] = ctx.precision
+    t["lr"] = ctx.lr
     return {"training": t, "max_seq_len": spec.max_seq_len, "seed": spec.seed, "finetune": spec.finetune,
             "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None,
             "prompt_format": PROMPT_FORMAT, "eval_dtype": ctx.eval_dtype}
@@ -578,7 +589,7 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
         raise ValidationError("stage0.corpus", "no such file", str(corpus))
     blocks = read_corpus_blocks(ctx.tokenizer(base_dir), corpus, ctx.spec.max_seq_len)
     steps = min(s0.steps or steps_for(s0.epochs, len(blocks), ctx.per_step), ctx.spec.max_steps)
-    lr = s0.lr or ctx.spec.training.lr
+    lr = s0.lr or ctx.lr
     payload = {
         "kind": "stage0", "base": _base_ref(base_dir), "corpus_sha256": ck_sha(corpus), "steps": steps, "lr": lr,
         "world": ctx.dist.world, **_hyper(ctx),
@@ -670,7 +681,7 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> dict[str, Any]:
     bind changes nothing."""
     data = encode_tasks(ctx, ctx.tokenizer(base_dir), [task])
     steps, notes = baseline_steps(ctx.spec, len(data[task.name]), ctx.per_step)
-    plan = [StagePlan("single", {task.name: 1.0}, steps, ctx.spec.training.lr, strategy="single_task",
+    plan = [StagePlan("single", {task.name: 1.0}, steps, ctx.lr, strategy="single_task",
                       eval_every=ctx.spec.eval.every_steps, eval_at_start=True, eval_at_end=True, select_best=True,
                       patience=ctx.spec.eval.patience)]
     payload = {
@@ -780,7 +791,7 @@ def run_multi_task(
     spec = ctx.spec
     data = encode_tasks(ctx, ctx.tokenizer(base_dir), tasks)
     sizes = {t.name: len(data[t.name]) for t in tasks}
-    stages, notes = plan_stages(spec, spec.method, sizes, high, ctx.per_step)
+    stages, notes = plan_stages(spec, spec.method, sizes, high, ctx.per_step, lr=ctx.lr)
     payload = {
         "kind": "multi_task", "name": spec.name, "group": group, "method": spec.method, "tasks": [t.to_dict() for t in tasks],
         "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": _base_ref(base_dir),

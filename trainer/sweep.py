@@ -57,7 +57,7 @@ class SweepPoint:
     lr: float
     tasks: dict[str, PointTask]
     seconds_per_step: float | None  # median over the points' step events (training only)
-    seconds: float  # wall time of the point's runs (0 when all were cached)
+    seconds: float  # wall time of the point's job (short when its runs were cached)
 
     @property
     def mean(self) -> float:
@@ -120,7 +120,8 @@ def point_spec(spec: JobSpec, finetune: str, lr: float, precision: str | None = 
     data = spec.to_dict()
     for key in ("mixture", "resources", "promote"):
         data.pop(key, None)
-    data["name"] = f"{spec.name}-{finetune}-lr{_lr_name(lr)}"[:64]
+    suffix = f"-{finetune}-lr{_lr_name(lr)}"
+    data["name"] = spec.name[: 64 - len(suffix)] + suffix  # the point stays distinct however long the job's name
     data["method"] = "single_task"
     data["finetune"] = finetune
     data["training"]["lr"] = lr

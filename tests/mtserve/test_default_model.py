@@ -51,3 +51,76 @@ def test_the_shipped_adapter_loads_on_the_default_model_prepared_here(default_mo
         "retrain it (mtserve/adapters/hotel-synth-lora.job.yaml) or find what changed in the conversion")
     loaded = load_checkpoint(SHIPPED_ADAPTER, root=default_model_dir.parent, device="cpu")
     assert loaded.manifest.id == adapter.id
+
+
+def _hotel_requests():
+    from mtserve.inputs import check_task_accepts, input_from_dict
+    from mtserve.predictions import Request
+    from mtserve.tasks import builtin_catalogue_path, load_catalogue
+
+    catalogue = load_catalogue(builtin_catalogue_path("hotel"))
+    requests = []
+    for sample in sorted(SAMPLES.glob("*.json")):
+        inp = input_from_dict(json.loads(sample.read_text(encoding="utf-8")))
+        for task in catalogue.tasks:
+            if task.is_generation:
+                continue
+            try:
+                check_task_accepts(task, inp)
+            except Exception:
+                continue
+            requests.append(Request(task, inp))
+    return catalogue, requests
+
+
+def test_bf16_autocast_answers_agree_with_float32_by_the_serving_criterion(default_model_dir):
+    """What `precision: auto` trains in must not change what serving answers:
+    every hotel task on every sample, float32 vs bf16 autocast, through the
+    engine, judged by mtserve.precision.answers_agree (the criterion serving
+    uses to allow bf16)."""
+    import torch
+
+    from mtserve.engine import Engine
+    from mtserve.precision import answers_agree
+
+    catalogue, requests = _hotel_requests()
+    assert len(requests) >= 20
+    loaded = load_checkpoint(default_model_dir, device="cpu", dtype="float32")
+    engine = Engine(loaded.model, loaded.tokenizer, catalogue.truncation)
+    fp32 = engine.predict(requests)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = engine.predict(requests)
+    agree, why = answers_agree(fp32, bf16)
+    assert agree, why
+    print(why)
+
+
+def test_bf16_training_loss_matches_float32_on_a_fixed_batch(default_model_dir):
+    """The trainer's answer-only loss on one fixed batch of the real model:
+    bf16 autocast within 2% of float32, and its gradients point the same way."""
+    import torch
+
+    from mtserve.prompt import PromptRenderer
+    from trainer.data import Example
+    from trainer.train import AnswerLoss, collate, encode_task
+
+    catalogue, requests = _hotel_requests()
+    loaded = load_checkpoint(default_model_dir, device="cpu", dtype="float32")
+    renderer = PromptRenderer(loaded.tokenizer, catalogue.truncation)
+    task = catalogue.task("csa")
+    examples = [Example(id=str(i), input=r.input, label=task.label_names[i % 2]) for i, r in enumerate(requests) if r.task.name == "csa"]
+    train = encode_task(renderer, task, examples * 2, max_seq_len=640)
+    batch = collate([f for item in train.items for f in item], loaded.tokenizer.eos_token_id, len(train.items))
+    model = loaded.model.train()
+    loss_fn = AnswerLoss(model)
+    grads, losses = [], []
+    for bf16 in (False, True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False):
+            loss, _ = loss_fn(batch)
+        loss.backward()
+        losses.append(float(loss))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert abs(losses[1] - losses[0]) <= 0.02 * abs(losses[0]), losses
+    cosine = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cosine > 0.95, float(cosine)

@@ -3,15 +3,19 @@ line number, the other lines still load, nothing is dropped silently."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, TextPair
-from mtserve.tasks import Channel, parse_task
-from trainer.data import BadLine, Example, check_no_bad_lines, example_id, load_split, load_task_data
+from mtserve.tasks import Channel, parse_catalogue, parse_task
+from trainer.data import DEV_SELECTION, BadLine, Example, check_no_bad_lines, example_id, load_split, load_task_data, sample_dev
+from trainer.toy import TOY_CATALOGUE
 
 CALL = {"channel": "call", "turns": [{"speaker": "customer", "text": "my booking was cancelled"}, {"speaker": "agent", "text": "sorry"}]}
 PAIR_TASK = parse_task(
@@ -260,3 +264,129 @@ def test_check_no_bad_lines_lists_file_line_and_count(hotel, tmp_path):
 def test_bad_metadata_is_a_bad_line_not_a_crash(hotel, tmp_path):
     _, bad, path = load_one(hotel.task("rc-a"), tmp_path, dumps({**CALL, "metadata": 5, "label": "yes"}))
     assert_bad(bad, path, 1, "invalid input")
+
+
+# -- dev sets that are samples (sample_dev) ------------------------------------------------
+
+TOY = parse_catalogue(TOY_CATALOGUE)
+
+
+def dev_examples(task: str, labels, prefix: str = "d") -> list[Example]:
+    """One example per entry of `labels` (a label, a label tuple, or None for generation)."""
+    out = []
+    for i, label in enumerate(labels):
+        if label is None:
+            out.append(Example(f"{prefix}{i}", Text(f"Stay {i}.", Channel.REVIEW), None, target=f"stay {i}"))
+        else:
+            out.append(Example(f"{prefix}{i}", Text(f"Stay {i}.", Channel.REVIEW), label))
+    return out
+
+
+def rank(task: str, ex: Example) -> str:
+    return hashlib.sha256(f"dev/{task}/{ex.id}".encode()).hexdigest()
+
+
+def labels_of(sample: list[Example]) -> Counter:
+    return Counter(ex.label for ex in sample)
+
+
+def test_dev_sample_does_not_depend_on_the_file_order():
+    task = TOY.task("topic")
+    examples = dev_examples("topic", ["room"] * 40 + ["food"] * 35 + ["staff"] * 25)
+    shuffled = list(examples)
+    random.Random(3).shuffle(shuffled)
+    for cap in (None, 10, 37):
+        a, sel_a = sample_dev(task, examples, cap)
+        b, sel_b = sample_dev(task, shuffled, cap)
+        assert [ex.id for ex in a] == [ex.id for ex in b]  # the same examples, in the same order
+        assert sel_a == sel_b
+    # and the sample is in rank order (sha256 of "dev/<task>/<id>")
+    sample, _ = sample_dev(task, shuffled, 10)
+    assert [rank("topic", ex) for ex in sample] == sorted(rank("topic", ex) for ex in sample)
+
+
+def test_a_file_sorted_by_label_gives_every_label_in_proportion():
+    task = TOY.task("sentiment")
+    examples = dev_examples("sentiment", ["negative"] * 50 + ["positive"] * 50)
+    sample, sel = sample_dev(task, examples, 20)
+    assert labels_of(sample) == {"negative": 10, "positive": 10}  # the file's first 20 would be all negative
+    assert sel.method == DEV_SELECTION == "stratified-hash-v1"
+    assert (sel.cap, sel.available, sel.selected) == (20, 100, 20)
+    assert sel.label_counts == {"positive": 10, "negative": 10}
+    assert sel.warnings == ()
+    # each stratum contributes its lowest-ranked examples
+    negatives = sorted((ex for ex in examples if ex.label == "negative"), key=lambda ex: rank("sentiment", ex))[:10]
+    assert {ex.id for ex in sample if ex.label == "negative"} == {ex.id for ex in negatives}
+    assert sel.to_dict() == {"method": "stratified-hash-v1", "cap": 20, "available": 100, "selected": 20,
+                             "label_counts": {"positive": 10, "negative": 10}, "warnings": []}
+
+
+def test_imbalanced_labels_are_shared_out_by_largest_remainder():
+    sentiment, topic = TOY.task("sentiment"), TOY.task("topic")
+    sample, _ = sample_dev(sentiment, dev_examples("sentiment", ["positive"] * 90 + ["negative"] * 10), 10)
+    assert labels_of(sample) == {"positive": 9, "negative": 1}
+    # quotas 4.7 / 3.3 / 2.0: the largest remainder (room) gets the tenth example
+    sample, _ = sample_dev(topic, dev_examples("topic", ["room"] * 47 + ["food"] * 33 + ["staff"] * 20), 10)
+    assert labels_of(sample) == {"room": 5, "food": 3, "staff": 2}
+    # quotas 4.5 / 3.5 / 2.0: equal remainders, the tie goes by label name (food < room)
+    sample, _ = sample_dev(topic, dev_examples("topic", ["room"] * 45 + ["food"] * 35 + ["staff"] * 20), 10)
+    assert labels_of(sample) == {"room": 4, "food": 4, "staff": 2}
+
+
+def test_every_label_is_kept_while_the_cap_allows_it():
+    topic = TOY.task("topic")
+    sample, sel = sample_dev(topic, dev_examples("topic", ["room"] * 98 + ["food"] + ["staff"]), 10)
+    assert labels_of(sample) == {"room": 8, "food": 1, "staff": 1} and sel.selected == 10  # at least one each, trimmed to the cap
+    # a cap below the number of labels: proportional only, never over the cap
+    sample, _ = sample_dev(topic, dev_examples("topic", ["room"] * 98 + ["food"] + ["staff"]), 2)
+    assert labels_of(sample) == {"room": 2}
+
+
+def test_one_class_and_too_few_examples_are_warned_about():
+    sentiment = TOY.task("sentiment")
+    _, sel = sample_dev(sentiment, dev_examples("sentiment", ["positive"] * 30), None)
+    assert sel.warnings == (
+        "dev set of 'sentiment' holds one class only (['positive']): its metric cannot tell a model from a constant answer",
+        "dev set of 'sentiment' has fewer than 10 examples of some labels (negative=0)",
+    )
+    _, sel = sample_dev(sentiment, dev_examples("sentiment", ["positive"] * 95 + ["negative"] * 5), None)
+    assert sel.warnings == ("dev set of 'sentiment' has fewer than 10 examples of some labels (negative=5)",)
+    assert not any("one class" in w for w in sel.warnings)
+    _, sel = sample_dev(sentiment, dev_examples("sentiment", ["positive"] * 95 + ["negative"] * 5), None, min_per_label=5)
+    assert sel.warnings == ()
+    # the warning is about the sample, not the file: a cap of 20 keeps one negative of 5
+    sample, sel = sample_dev(sentiment, dev_examples("sentiment", ["positive"] * 95 + ["negative"] * 5), 20, min_per_label=2)
+    assert labels_of(sample) == {"positive": 19, "negative": 1}
+    assert sel.warnings == ("dev set of 'sentiment' has fewer than 2 examples of some labels (negative=1)",)
+
+
+def test_no_cap_keeps_everything_in_rank_order():
+    task = TOY.task("sentiment")
+    examples = dev_examples("sentiment", ["positive", "negative"] * 15)
+    for cap in (None, 30, 1000):
+        sample, sel = sample_dev(task, examples, cap)
+        assert [ex.id for ex in sample] == [ex.id for ex in sorted(examples, key=lambda ex: rank("sentiment", ex))]
+        assert sel.selected == sel.available == 30 and sel.cap == cap
+    # the rank includes the task's name: another task orders the same ids differently
+    other = sorted(examples, key=lambda ex: rank("topic", ex))
+    assert [ex.id for ex in sample] != [ex.id for ex in other]
+
+
+def test_multilabel_strata_are_label_sets():
+    task = TOY.task("aspects")
+    sets = [("price",)] * 40 + [("price", "noise")] * 40 + [()] * 20
+    sample, sel = sample_dev(task, dev_examples("aspects", sets), 10)
+    assert Counter(ex.label for ex in sample) == {("price",): 4, ("price", "noise"): 4, (): 2}
+    assert sel.label_counts == {"price": 8, "noise": 4, "view": 0}  # per label, over the sample
+    # a label absent from the sample is warned about, but not as "one class" (multi-label)
+    assert sel.warnings == ("dev set of 'aspects' has fewer than 10 examples of some labels (price=8, noise=4, view=0)",)
+    _, sel = sample_dev(task, dev_examples("aspects", [("price",)] * 20), None)
+    assert not any("one class" in w for w in sel.warnings)
+
+
+def test_generation_dev_sets_are_one_stratum_without_warnings():
+    task = TOY.task("headline")
+    examples = dev_examples("headline", [None] * 25)
+    sample, sel = sample_dev(task, examples, 7)
+    assert [ex.id for ex in sample] == [ex.id for ex in sorted(examples, key=lambda ex: rank("headline", ex))[:7]]
+    assert sel.warnings == () and sel.label_counts == {} and sel.selected == 7

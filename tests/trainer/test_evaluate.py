@@ -11,9 +11,22 @@ import pytest
 from mtserve.engine import Engine, LabelScore, Prediction, Request
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, Turn
-from mtserve.tasks import Channel
+from mtserve.tasks import Channel, parse_catalogue, parse_task
 from trainer.data import Example
-from trainer.evaluate import TaskEval, evaluate_many, evaluate_task, metric_names, primary_metric, record_for, summarize
+from trainer.evaluate import (
+    ExampleRecord,
+    TaskEval,
+    Trivial,
+    evaluate_many,
+    evaluate_task,
+    is_degenerate,
+    metric_names,
+    primary_metric,
+    record_for,
+    summarize,
+    trivial_baseline,
+)
+from trainer.toy import TOY_CATALOGUE
 
 
 def call(i: int, *, channel: Channel = Channel.CALL) -> Conversation:
@@ -159,3 +172,128 @@ def test_generation_record(hotel):
     rec = record_for(cs, Example("g", call(0), None, "预订被取消了"), p)
     # 5 of 6 characters: R = 5/6, P = 1 -> F = 10/11
     assert rec.rouge_l == pytest.approx(10 / 11) and not rec.correct
+
+
+# -- trivial baselines -----------------------------------------------------------------
+
+TOY = parse_catalogue(TOY_CATALOGUE)
+RATING = parse_task({
+    "name": "rating", "instruction": "Rate the stay from 1 to 4. Answer {labels}.", "input_kind": "text", "taxonomy": "ordinal",
+    "channels": ["review"], "labels": [{"name": str(v), "verbalizer": str(v), "value": v} for v in (1, 2, 3, 4)],
+})
+EXACT_ASPECTS = parse_task({
+    "name": "exact_aspects", "instruction": "Which aspects? Answer {labels}.", "input_kind": "text", "taxonomy": "multilabel",
+    "channels": ["review"], "labels": ["price", "noise", "view"], "metric": "accuracy",
+})
+
+
+def exs(labels, prefix="t") -> list[Example]:
+    return [Example(f"{prefix}{i}", Text(f"Stay {i}.", Channel.REVIEW), label) for i, label in enumerate(labels)]
+
+
+def test_binary_trivial_is_the_train_majority_scored_on_dev():
+    task = TOY.task("sentiment")
+    tr = trivial_baseline(task, exs(["negative"] * 6 + ["positive"] * 4), exs(["negative"] * 3 + ["positive"] * 2, "d"))
+    assert tr.rule == "majority label of train" and tr.answer == "negative"
+    assert tr.eval.checkpoint == "trivial" and tr.eval.split == "dev" and tr.eval.n == 5
+    assert [r.pred for r in tr.eval.records] == ["negative"] * 5 and [r.id for r in tr.eval.records] == [f"d{i}" for i in range(5)]
+    assert tr.value == pytest.approx(0.6) and tr.eval.metrics["accuracy"].value == pytest.approx(0.6)
+    # macro-F1 of a constant answer: negative F1 = 2*3/(2*3+2) = 0.75, positive 0 -> 0.375
+    assert tr.eval.metrics["macro_f1"].value == pytest.approx(0.375)
+    # the majority is chosen on train, not dev
+    tr = trivial_baseline(task, exs(["positive"] * 6 + ["negative"] * 4), exs(["negative"] * 3 + ["positive"] * 2, "d"))
+    assert tr.answer == "positive" and tr.value == pytest.approx(0.4)
+
+
+def test_ties_go_to_the_earlier_label():
+    sentiment, topic = TOY.task("sentiment"), TOY.task("topic")  # labels: positive, negative / room, food, staff
+    assert trivial_baseline(sentiment, exs(["negative", "positive"] * 5), exs(["negative"], "d")).answer == "positive"
+    assert trivial_baseline(topic, exs(["staff"] * 5 + ["food"] * 5 + ["room"] * 2), exs(["staff"], "d")).answer == "food"
+    assert trivial_baseline(topic, exs([]), exs(["staff"], "d")).answer == "room"  # no training data: the first label
+
+
+def test_multiclass_trivial():
+    topic = TOY.task("topic")
+    tr = trivial_baseline(topic, exs(["room"] * 2 + ["food"] * 3 + ["staff"] * 7), exs(["staff", "staff", "room", "food"], "d"), split="test")
+    assert tr.answer == "staff" and tr.value == pytest.approx(0.5) and tr.eval.split == "test"
+
+
+def test_ordinal_trivial_has_expected_values_and_mae():
+    tr = trivial_baseline(RATING, exs(["3"] * 5 + ["4"] * 3 + ["1"]), exs(["1", "3", "4", "3"], "d"))
+    assert tr.answer == "3"
+    assert [r.expected_value for r in tr.eval.records] == [3.0, 3.0, 3.0, 3.0]
+    assert [r.abs_error for r in tr.eval.records] == [2.0, 0.0, 1.0, 0.0]
+    assert set(tr.eval.metrics) == {"accuracy", "macro_f1", "mae_expected"}
+    assert tr.eval.metrics["mae_expected"].value == pytest.approx(0.75)
+    assert tr.value == pytest.approx(0.5)
+
+
+def test_multilabel_trivial_is_the_best_frequency_prefix():
+    aspects = TOY.task("aspects")  # micro-F1
+    train = exs([("price",)] * 5 + [("price", "noise")] * 3 + [("view",)] + [()])
+    # on train: {} -> 0; {price} -> 16/22 = 0.727; {price, noise} -> 22/32 = 0.6875; all -> 24/42 = 0.571
+    dev = exs([("price",), ("price", "noise"), ("view",), ()], "d")
+    tr = trivial_baseline(aspects, train, dev)
+    assert tr.rule == "best constant label set on train by micro_f1" and tr.answer == ("price",)
+    assert [r.pred for r in tr.eval.records] == [("price",)] * 4
+    assert [r.correct for r in tr.eval.records] == [True, False, False, False]
+    # on dev: TP 2, FP 2, FN 2 -> micro-F1 0.5
+    assert tr.value == pytest.approx(0.5)
+    # the answer is written in the task's label order, not frequency order
+    many = exs([("noise", "view")] * 6 + [("noise",)] * 2 + [("price",)])
+    tr = trivial_baseline(aspects, many, dev)
+    assert tr.answer == ("noise", "view")
+
+
+def test_multilabel_trivial_can_be_the_empty_set():
+    # exact-set accuracy: most examples have no aspect, so answering none wins
+    train = exs([()] * 7 + [("price",)] * 2 + [("noise",)])
+    tr = trivial_baseline(EXACT_ASPECTS, train, exs([(), ("price",), ()], "d"))
+    assert tr.answer == () and tr.rule == "best constant label set on train by accuracy"
+    assert tr.value == pytest.approx(2 / 3)
+    # micro-F1 when no training example has a label: the empty set scores 1.0 (nothing to find), any label a false positive
+    tr = trivial_baseline(TOY.task("aspects"), exs([()] * 4), exs([(), ("view",)], "d"))
+    assert tr.answer == () and tr.value == pytest.approx(0.0)
+    assert tr.to_dict()["answer"] == []
+    back = Trivial.from_dict(json.loads(json.dumps(tr.to_dict())))
+    assert back.answer == () and back.value == tr.value
+
+
+def test_generation_has_no_trivial_baseline():
+    task = TOY.task("headline")
+    gen = [Example("g", Text("Stay.", Channel.REVIEW), None, target="lovely stay")]
+    tr = trivial_baseline(task, gen, gen)
+    assert tr.rule == "not defined for generation tasks" and tr.answer is None and tr.eval is None and tr.value is None
+    assert tr.to_dict() == {"rule": "not defined for generation tasks", "answer": None, "eval": None}
+    assert Trivial.from_dict(tr.to_dict()) == tr
+
+
+def test_trivial_round_trips_through_json():
+    tr = trivial_baseline(TOY.task("aspects"), exs([("price",)] * 5 + [("price", "noise")] * 3), exs([("price",), ("noise",)], "d"))
+    back = Trivial.from_dict(json.loads(json.dumps(tr.to_dict())))
+    assert back.rule == tr.rule and back.answer == tr.answer == ("price",)
+    assert back.eval.to_dict() == tr.eval.to_dict() and back.value == tr.value
+
+
+def baseline_eval(task, dev, preds) -> TaskEval:
+    records = [ExampleRecord(id=ex.id, gold=ex.gold, pred=p, correct=p == ex.gold) for ex, p in zip(dev, preds)]
+    return summarize(task, records, n_resamples=100)
+
+
+def test_a_baseline_no_better_than_its_trivial_one_is_degenerate():
+    task = TOY.task("sentiment")
+    dev = exs(["negative"] * 3 + ["positive"] * 2, "d")
+    tr = trivial_baseline(task, exs(["negative"] * 6 + ["positive"] * 4), dev)  # 0.6
+    constant = baseline_eval(task, dev, ["negative"] * 5)
+    assert is_degenerate(constant, tr)  # the same constant answer: equal
+    other_way = baseline_eval(task, dev, ["negative", "negative", "positive", "positive", "negative"])  # 0.6 too, by other answers
+    assert other_way.value.value == pytest.approx(0.6) and is_degenerate(other_way, tr)
+    worse = baseline_eval(task, dev, ["positive"] * 5)  # 0.4
+    assert is_degenerate(worse, tr)
+    better = baseline_eval(task, dev, ["negative"] * 3 + ["positive", "negative"])  # 0.8
+    assert not is_degenerate(better, tr)
+    gen_task = TOY.task("headline")
+    gen = [Example("g", Text("Stay.", Channel.REVIEW), None, target="lovely stay")]
+    no_trivial = trivial_baseline(gen_task, gen, gen)
+    rec = [ExampleRecord(id="g", gold="lovely stay", pred="", correct=False, rouge_l=0.0)]
+    assert not is_degenerate(summarize(gen_task, rec, n_resamples=50), no_trivial)  # nothing to compare with

@@ -5,12 +5,17 @@ cache, interrupted runs, bad data)."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
 
+import trainer.pipeline as pipeline
 from mtserve.checkpoints import read_manifest, verify_checkpoint
+from mtserve.config import load_settings
 from mtserve.errors import PreconditionError, ValidationError
+from mtserve.precision import PROBE_ENV
 from trainer.job import parse_job
 from trainer.pipeline import baseline_steps, group_tasks, plan_stages, run_job, saturation
 from trainer.sampling import instance_balanced, temperature_scaled_capped
@@ -344,3 +349,149 @@ def test_smollm2_job_trains_and_its_checkpoint_scores(tmp_path, default_model_di
     pred = Engine(lm.model, lm.tokenizer, cat.truncation).predict([Request(cat.task("sentiment"), Text("The bed was lovely.", Channel.REVIEW))])[0]
     assert pred.label in ("positive", "negative")
     print("SmolLM2 seconds per step:", [round(e["seconds_per_step"], 2) for e in steps])
+
+
+# -- run keys: resolved plans, precision, prompt format, dev selection ----------------------
+
+_REAL_OPEN_RUN = pipeline._open_run
+
+
+class Keyed(Exception):
+    """Raised in place of training: the run a job would open, and its key payload."""
+
+    def __init__(self, run_id: str, payload: dict):
+        super().__init__(run_id)
+        self.run_id, self.payload = run_id, payload
+
+
+def opened_run(spec, monkeypatch, kind: str = "st") -> tuple[str, dict]:
+    """The id (and key payload) of the first `kind` run the job opens, through
+    the real payload and the real _open_run, stopped before any training."""
+
+    def stop(ctx, k, label, payload):
+        rc = _REAL_OPEN_RUN(ctx, k, label, payload)
+        if k == kind:
+            raise Keyed(rc.run_id, payload)
+        return rc
+
+    # The probe's variable is for the probe: load_settings refuses it as an unknown
+    # MTSERVE_ setting (see tests/mtserve/test_precision.py), so settings are read without it.
+    settings = load_settings(env={k: v for k, v in os.environ.items() if k != PROBE_ENV})
+    monkeypatch.setattr(pipeline, "_open_run", stop)
+    try:
+        with pytest.raises(Keyed) as info:
+            run_job(spec, settings=settings)
+    finally:
+        monkeypatch.setattr(pipeline, "_open_run", _REAL_OPEN_RUN)
+    return info.value.run_id, info.value.payload
+
+
+ST_JOB = dict(tasks=["sentiment"], method="single_task", mixture=None, resources=None, max_steps=12,
+              training={"precision": "fp32"}, baselines={"steps": 2}, eval={"every_steps": 2, "dev_cap": 4, "patience": 5})
+
+
+def st_job(tmp: Path, base: Path, **over):
+    """A one-task single_task toy job (the keys below differ from it by one setting)."""
+    job = {k: (dict(v) if isinstance(v, dict) else v) for k, v in ST_JOB.items()}
+    for key, value in over.items():
+        job[key] = {**job[key], **value} if isinstance(value, dict) and isinstance(job.get(key), dict) else value
+    return make_job(tmp, base, **job)
+
+
+def test_baseline_epochs_and_the_equal_steps_share_a_run(tmp_path, tiny_llama_dir):
+    by_steps = st_job(tmp_path, tiny_llama_dir)
+    epochs = 0.5
+    n, per_step = 16, by_steps.examples_per_step  # the toy data's 16 training examples, 2 x 2 per step
+    assert math.ceil(epochs * n / per_step) == by_steps.baselines.steps == 2
+    first = run_job(by_steps)
+    (run_id,) = first.runs
+    assert run_id.startswith("st-sentiment-")
+    key = json.loads((by_steps.runs_path / run_id / "key.json").read_text())
+    assert key["stages"][0]["steps"] == 2 and key["stages"][0]["patience"] == 5 and "epochs" not in key
+    by_epochs = st_job(tmp_path, tiny_llama_dir, baselines={"steps": None, "epochs": epochs})
+    assert by_epochs.baselines.steps is None and by_epochs.baselines.epochs == epochs
+    events: list[dict] = []
+    again = run_job(by_epochs, emit=events.append)
+    assert again.runs == [run_id]
+    assert not [e for e in events if e["event"] in ("run_started", "step")]
+    assert [e["run"] for e in events if e["event"] == "run_cached"] == [run_id]
+    assert again.rows == first.rows
+
+
+def test_a_max_steps_that_does_not_bind_leaves_the_baseline_key(tmp_path, tiny_llama_dir, monkeypatch):
+    ref, payload = opened_run(st_job(tmp_path, tiny_llama_dir), monkeypatch)
+    assert payload["stages"][0]["steps"] == 2 and "max_steps" not in payload
+    assert opened_run(st_job(tmp_path, tiny_llama_dir, max_steps=100), monkeypatch)[0] == ref
+    assert opened_run(st_job(tmp_path, tiny_llama_dir, baselines={"max_steps": 50}), monkeypatch)[0] == ref
+    # neither do logging and state cadence
+    assert opened_run(st_job(tmp_path, tiny_llama_dir, training={"state_every_steps": 1, "log_every_steps": 3}), monkeypatch)[0] == ref
+    # a max_steps that binds is a different run (one step, not two)
+    bound, payload = opened_run(st_job(tmp_path, tiny_llama_dir, max_steps=1), monkeypatch)
+    assert bound != ref and payload["stages"][0]["steps"] == 1
+    # and so are more epochs
+    assert opened_run(st_job(tmp_path, tiny_llama_dir, baselines={"steps": None, "epochs": 1.0}), monkeypatch)[0] != ref
+
+
+@pytest.mark.parametrize("change", [
+    {"training": {"lr": 2e-3}},
+    {"eval": {"dev_cap": 3}},
+    {"eval": {"dev_cap": None}},
+    {"eval": {"patience": 0}},
+    {"eval": {"every_steps": 1}},
+    {"training": {"precision": "bf16"}},
+    {"seed": 1},
+], ids=["lr", "dev_cap", "no_dev_cap", "patience", "eval_every", "bf16", "seed"])
+def test_settings_that_change_a_baseline_change_its_key(tmp_path, tiny_llama_dir, monkeypatch, change):
+    ref, _ = opened_run(st_job(tmp_path, tiny_llama_dir), monkeypatch)
+    other, _ = opened_run(st_job(tmp_path, tiny_llama_dir, **change), monkeypatch)
+    assert other != ref
+
+
+def test_the_prompt_format_and_dev_selection_are_in_the_key(tmp_path, tiny_llama_dir, monkeypatch):
+    spec = st_job(tmp_path, tiny_llama_dir)
+    ref, payload = opened_run(spec, monkeypatch)
+    assert payload["prompt_format"] == pipeline.PROMPT_FORMAT and payload["eval"]["dev_selection"] == pipeline.DEV_SELECTION
+    monkeypatch.setattr(pipeline, "PROMPT_FORMAT", pipeline.PROMPT_FORMAT + 1)
+    prompt, _ = opened_run(spec, monkeypatch)
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "DEV_SELECTION", "stratified-hash-v2")
+    selection, _ = opened_run(spec, monkeypatch)
+    monkeypatch.undo()
+    assert len({ref, prompt, selection}) == 3
+    assert opened_run(spec, monkeypatch)[0] == ref  # and back again
+
+
+def test_the_key_holds_the_precision_auto_resolved_to(tmp_path, tiny_llama_dir, monkeypatch):
+    fp32, _ = opened_run(st_job(tmp_path, tiny_llama_dir), monkeypatch)
+    bf16, _ = opened_run(st_job(tmp_path, tiny_llama_dir, training={"precision": "bf16"}), monkeypatch)
+    monkeypatch.setenv(PROBE_ENV, "0")
+    auto_off, payload = opened_run(st_job(tmp_path, tiny_llama_dir, training={"precision": "auto"}), monkeypatch)
+    assert payload["training"]["precision"] == "fp32" and auto_off == fp32
+    monkeypatch.setenv(PROBE_ENV, "1")
+    auto_on, payload = opened_run(st_job(tmp_path, tiny_llama_dir, training={"precision": "auto"}), monkeypatch)
+    assert payload["training"]["precision"] == "bf16" and auto_on == bf16
+    assert payload["eval_dtype"] == "float32"  # a CPU serves in float32 either way
+
+
+MT_JOB = dict(tasks=["sentiment", "topic"], baselines={"train": False}, resources={"high": ["sentiment"]},
+              training={"precision": "fp32"}, eval={"dev_cap": 4})
+
+
+def test_multi_task_keys_hold_the_resolved_stages(tmp_path, tiny_llama_dir, monkeypatch):
+    # 16 training examples per task, 4 per step: stage 1 (sentiment) 1 epoch = 4 steps, stage 2 (both) 1 epoch = 8 steps
+    ref, payload = opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8}), monkeypatch, "mt")
+    assert [(s["name"], s["steps"]) for s in payload["stages"]] == [("stage1", 4), ("stage2", 8)] and "mixture" not in payload
+    epochs = make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": None, "stage2_steps": None, "stage1_epochs": 1.0, "stage2_epochs": 1.0})
+    assert opened_run(epochs, monkeypatch, "mt")[0] == ref
+    same = make_job(tmp_path, tiny_llama_dir, **MT_JOB, max_steps=50, mixture={"stage1_steps": 4, "stage2_steps": 8})
+    assert opened_run(same, monkeypatch, "mt")[0] == ref  # max_steps does not bind
+    for change in ({"mixture": {"stage1_steps": 4, "stage2_steps": 7}}, {"resources": {"high": ["topic"]}, "mixture": {"stage1_steps": 4, "stage2_steps": 8}},
+                   {"training": {"precision": "fp32", "lr": 3e-3}, "mixture": {"stage1_steps": 4, "stage2_steps": 8}},
+                   {"max_steps": 10, "mixture": {"stage1_steps": 4, "stage2_steps": 8}}):
+        over = {**MT_JOB, **change}
+        assert opened_run(make_job(tmp_path, tiny_llama_dir, **over), monkeypatch, "mt")[0] != ref, change
+    # tau changes nothing when the tasks are the same size (equal rates at any temperature): the same run
+    tau = make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8, "tau": 1.0})
+    assert opened_run(tau, monkeypatch, "mt")[0] == ref
+    monkeypatch.setattr(pipeline, "DEV_SELECTION", "stratified-hash-v2")
+    assert opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8}), monkeypatch, "mt")[0] != ref

@@ -155,3 +155,45 @@ def test_a_stale_baseline_is_refused(hotel, baseline_answers):
     v1, v2 = (dataclasses.replace(hotel.task("rc-a"), version=v) for v in (1, 2))
     with pytest.raises(ValidationError, match="task version 1"):
         qualify(make_eval(v2, baseline_answers[:50]), make_eval(v1, baseline_answers[:50]))
+
+
+# -- against a degenerate baseline ---------------------------------------------------------
+
+
+def test_a_qualification_against_a_degenerate_baseline_says_so(task, baseline_answers):
+    base = make_eval(task, baseline_answers)
+    cand = make_eval(task, flips(baseline_answers, 10, 110))
+    plain = qualify(cand, base)
+    q = qualify(cand, base, degenerate_baseline=True)
+    assert q.degenerate_baseline and not plain.degenerate_baseline
+    assert q.qualified and q.verdict is Verdict.QUALIFIED  # the verdict itself is unchanged
+    assert (q.ratio, q.ratio_low, q.ratio_high, q.p_pass) == (plain.ratio, plain.ratio_low, plain.ratio_high, plain.p_pass)
+    assert plain.label == "qualified"
+    assert q.label == "qualified against a degenerate baseline"
+    assert "qualified against a degenerate baseline (it does not beat its trivial baseline); the whole interval" in q.describe()
+    assert "degenerate" not in plain.describe()
+
+
+def test_degenerate_and_within_noise(task, baseline_answers):
+    base = make_eval(task, baseline_answers)
+    above = qualify(make_eval(task, flips(baseline_answers, 30, 25)), base, degenerate_baseline=True)
+    assert above.qualified and above.within_noise
+    assert above.label == "qualified against a degenerate baseline, within noise"
+    assert "qualified against a degenerate baseline (it does not beat its trivial baseline) by the point estimate, but within noise" in above.describe()
+    # not qualified: the label is the plain verdict (a failure says enough)
+    below = qualify(make_eval(task, flips(baseline_answers, 40, 15)), base, degenerate_baseline=True)
+    assert not below.qualified and below.label == "within noise" and "degenerate" not in below.describe()
+    fail = qualify(make_eval(task, flips(baseline_answers, 200, 10)), base, degenerate_baseline=True)
+    assert fail.label == "not qualified" and "degenerate" not in fail.describe()
+
+
+def test_the_degenerate_flag_round_trips_and_old_results_load(task, baseline_answers):
+    base = make_eval(task, baseline_answers[:400])
+    q = qualify(make_eval(task, flips(baseline_answers[:400], 5, 3)), base, degenerate_baseline=True)
+    data = json.loads(json.dumps(q.to_dict()))
+    assert data["degenerate_baseline"] is True
+    back = Qualification.from_dict(data)
+    assert back == q and back.degenerate_baseline and back.label == q.label
+    del data["degenerate_baseline"]  # a result written before the flag existed
+    old = Qualification.from_dict(data)
+    assert old.degenerate_baseline is False and old.label == q.verdict.value

@@ -311,3 +311,113 @@ def test_resume_at_a_stage_boundary(tiny_llama_dir, toy_data, tmp_path):
     assert out.resumed_from["stage_index"] == 1
     assert [e["stage"] for e in events if e["event"] == "stage_started"] == ["stage2"]
     assert same(weights(ref), weights(resumed))
+
+
+# -- precision: the one probe -----------------------------------------------------------
+
+
+def test_trainer_precision_follows_the_probe(tiny_llama_dir, tmp_path, monkeypatch):
+    import mtserve.precision as precision
+
+    lm = fresh(tiny_llama_dir)
+    monkeypatch.delenv(precision.PROBE_ENV, raising=False)
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda path="/proc/cpuinfo": frozenset({"fpu", "amx_bf16"}))
+    t = Trainer(lm.model, lm.tokenizer, LoopSettings(precision="auto"), tmp_path)
+    assert t.precision == "bf16" and t.autocast_dtype is torch.bfloat16
+    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda path="/proc/cpuinfo": frozenset({"fpu", "avx2"}))
+    t = Trainer(lm.model, lm.tokenizer, LoopSettings(precision="auto"), tmp_path)
+    assert t.precision == "fp32" and t.autocast_dtype is None
+    monkeypatch.setenv(precision.PROBE_ENV, "1")  # the override beats the flags
+    assert Trainer(lm.model, lm.tokenizer, LoopSettings(precision="auto"), tmp_path).autocast_dtype is torch.bfloat16
+    monkeypatch.setenv(precision.PROBE_ENV, "0")
+    assert Trainer(lm.model, lm.tokenizer, LoopSettings(precision="auto"), tmp_path).autocast_dtype is None
+    # explicit settings: bf16 is allowed on a CPU now (it used to be refused), fp32 is fp32
+    assert Trainer(lm.model, lm.tokenizer, LoopSettings(precision="bf16"), tmp_path).autocast_dtype is torch.bfloat16
+    monkeypatch.setenv(precision.PROBE_ENV, "1")
+    assert Trainer(lm.model, lm.tokenizer, LoopSettings(precision="fp32"), tmp_path).autocast_dtype is None
+    with pytest.raises(ValidationError, match="^precision: must be auto, fp32 or bf16"):
+        Trainer(lm.model, lm.tokenizer, LoopSettings(precision="fp16"), tmp_path)
+
+
+def test_bf16_training_keeps_float32_weights(tiny_llama_dir, toy_data, tmp_path):
+    plan = [StagePlan("s", {"sentiment": 1.0}, 2, 1e-3)]
+    model, out = train(tiny_llama_dir, toy_data, tmp_path / "bf16", plan=plan, settings=LoopSettings(**{**SETTINGS.__dict__, "precision": "bf16"}))
+    ref, _ = train(tiny_llama_dir, toy_data, tmp_path / "fp32", plan=plan, settings=LoopSettings(**{**SETTINGS.__dict__, "precision": "fp32"}))
+    assert out.steps == 2 and all(p.dtype is torch.float32 for p in model.parameters())
+    assert not same(weights(model), weights(ref))  # autocast did change the arithmetic
+
+
+# -- patience: baselines stop when dev stops improving -------------------------------------
+
+
+def patience_plan(steps: int, patience: int, *, select_best: bool = True) -> list[StagePlan]:
+    return [StagePlan("single", {"sentiment": 1.0}, steps, 1e-3, eval_every=1, eval_at_start=True, eval_at_end=True,
+                      select_best=select_best, patience=patience)]
+
+
+def test_patience_stops_a_stage_that_no_longer_improves(tiny_llama_dir, toy_data, tmp_path):
+    events: list[dict] = []
+    ev = Scripted([0.5] * 30)  # never better than the zero-shot evaluation
+    model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=ev, emit=events.append)
+    assert ev.calls == [("single", 0), ("single", 1), ("single", 2)]
+    assert out.steps == 2 and out.stages[-1]["steps_done"] == 2
+    assert out.stages[-1]["stopped_early"] == {"step": 2, "patience": 2, "best_step": 0}
+    assert out.stages[-1]["patience"] == 2  # the plan is in the stage record
+    stops = [e for e in events if e["event"] == "early_stop"]
+    assert stops == [{"event": "early_stop", "stage": "single", "step": 2, "steps": 20, "best_step": 0, "patience": 2}]
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
+    assert out.best["step"] == 0 and out.best["weights"] == "base"
+    # the state saved at the stop is a finished stage: a re-run resumes to nothing more
+    assert events[-1]["event"] == "state_saved" and events[-1]["step"] == 2
+    again: list[dict] = []
+    _, out2 = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=Scripted([0.5] * 30), emit=again.append)
+    assert not [e for e in again if e["event"] in ("step", "eval")] and out2.best["step"] == 0
+
+
+def test_patience_counts_from_the_latest_best(tiny_llama_dir, toy_data, tmp_path):
+    ev = Scripted([0.5, 0.6, 0.6, 0.7, 0.7, 0.65] + [0.6] * 20)
+    model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(12, 2), evaluator=ev)
+    assert [s for _, s in ev.calls] == [0, 1, 2, 3, 4, 5]  # best at 3; 4 and 5 bring nothing new
+    assert out.stages[-1]["stopped_early"] == {"step": 5, "patience": 2, "best_step": 3}
+    assert out.best["step"] == 3 and out.best["weights"] == "single-0000003.safetensors"
+    from safetensors.torch import load_file
+
+    snap = load_file(str(tmp_path / "p" / "best" / out.best["weights"]))
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in snap.items())  # the model ends on the best weights, not step 5's
+
+
+def test_no_patience_or_no_selection_runs_every_step(tiny_llama_dir, toy_data, tmp_path):
+    for name, plan in (("zero", patience_plan(6, 0)), ("unselected", patience_plan(6, 2, select_best=False))):
+        events: list[dict] = []
+        ev = Scripted([0.5] * 10)
+        _, out = train(tiny_llama_dir, toy_data, tmp_path / name, plan=plan, evaluator=ev, emit=events.append)
+        assert out.steps == 6 and [s for _, s in ev.calls] == list(range(7)), name
+        assert "stopped_early" not in out.stages[-1] and not [e for e in events if e["event"] == "early_stop"]
+
+
+def test_patience_never_stops_on_the_last_step(tiny_llama_dir, toy_data, tmp_path):
+    events: list[dict] = []
+    _, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(2, 2), evaluator=Scripted([0.5] * 5), emit=events.append)
+    assert out.steps == 2 and "stopped_early" not in out.stages[-1]  # patience ran out as the stage ended anyway
+    assert not [e for e in events if e["event"] == "early_stop"]
+
+
+def test_an_interrupted_stage_keeps_counting_patience_after_resume(tiny_llama_dir, toy_data, tmp_path):
+    plan = patience_plan(20, 3)
+    ref_model, ref = train(tiny_llama_dir, toy_data, tmp_path / "ref", plan=plan, evaluator=Scripted([0.5, 0.6] + [0.6] * 30))
+    assert ref.stages[-1]["stopped_early"] == {"step": 4, "patience": 3, "best_step": 1}
+
+    def crash(event):  # SETTINGS.state_every is 2: state saved at step 2, two evaluations after the best
+        if event.get("event") == "state_saved" and event["step"] == 2:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(tiny_llama_dir, toy_data, tmp_path / "x", plan=plan, evaluator=Scripted([0.5, 0.6] + [0.6] * 30), emit=crash)
+    ev = Scripted([0.6] * 30)
+    events: list[dict] = []
+    model, out = train(tiny_llama_dir, toy_data, tmp_path / "x", plan=plan, evaluator=ev, emit=events.append)
+    assert [e for e in events if e["event"] == "resumed"][0]["step"] == 2
+    assert ev.calls == [("single", 3), ("single", 4)]  # the evaluations before the crash still count
+    assert out.stages[-1]["stopped_early"] == {"step": 4, "patience": 3, "best_step": 1}
+    assert out.best["step"] == 1 and same(weights(model), weights(ref_model))
