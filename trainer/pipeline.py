@@ -134,15 +134,11 @@ def steps_for(epochs: float, pool: int, per_step: int) -> int:
 
 
 def plan_stages(
-    spec: JobSpec, method: str, sizes: Mapping[str, int], high: Sequence[str], per_step: int, *, lr: float | None = None
+    spec: JobSpec, method: str, sizes: Mapping[str, int], high: Sequence[str], per_step: int, *, lr: float
 ) -> tuple[list[StagePlan], dict[str, Any]]:
     """The stages of one multi-task run over `sizes` (task -> training examples),
-    and notes on how their lengths were set. `lr`: the resolved rate (default:
-    training.lr, which must then be set)."""
+    and notes on how their lengths were set. `lr`: the resolved rate (Context.lr)."""
     mx = spec.mixture
-    lr = lr if lr is not None else spec.training.lr
-    if lr is None:
-        raise ValidationError("training.lr", "plan_stages needs a resolved learning rate (Context.lr)", None, show_value=False)
     every = spec.eval.multitask_every_steps
     pool_all = sum(sizes.values())
     pool_capped = sum(min(n, mx.cap_k) for n in sizes.values())

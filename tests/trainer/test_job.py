@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from mtserve.errors import ValidationError
-from trainer.job import METHODS, load_job, parse_job
+import trainer.job as job_module
+from trainer.job import METHODS, default_lr, load_job, parse_job
 
 MINIMAL = {"name": "toy", "data_dir": "data"}
 
@@ -34,7 +35,9 @@ def refused(data, field: str, *fragments: str) -> ValidationError:
 def test_defaults_are_table_6():
     spec = parse_job(MINIMAL)
     t, m = spec.training, spec.mixture
-    assert (t.lr, t.micro_batch, t.grad_accum) == (3e-5, 1, 8)
+    assert (t.lr, t.micro_batch, t.grad_accum) == (None, 1, 8)  # lr by model scale: Table 6's 3e-5 for 1B+ models
+    assert default_lr("full", 7_000_000_000) == 3e-5 and default_lr("full", 135_000_000) == job_module.SMALL_FULL_LR
+    assert default_lr("lora", 7_000_000_000) == 2e-4 and default_lr("lora", 135_000_000) == job_module.SMALL_LORA_LR
     assert (m.stage1_epochs, m.stage2_epochs, m.cap_k, m.tau) == (1.0, 10.0, 8000, 3.33)
     assert spec.max_steps == 15000  # appendix A
     assert spec.method == "two_stage" and spec.finetune == "full" and spec.on_bad_lines == "fail"

@@ -74,7 +74,7 @@ def spec_for(**over):
 def test_two_stage_plan_stage1_is_high_resource_instance_balanced():
     spec = spec_for(training={"micro_batch": 1, "grad_accum": 8}, mixture={"cap_k": 100, "tau": 2.0}, resources={"high": ["a", "b"]})
     sizes = {"a": 400, "b": 200, "c": 40, "d": 16}
-    stages, notes = plan_stages(spec, "two_stage", sizes, ["a", "b"], per_step=8)
+    stages, notes = plan_stages(spec, "two_stage", sizes, ["a", "b"], per_step=8, lr=3e-5)
     assert [s.name for s in stages] == ["stage1", "stage2"]
     s1, s2 = stages
     assert s1.rates == instance_balanced({"a": 400, "b": 200}) and s1.strategy == "instance_balanced"
@@ -86,24 +86,24 @@ def test_two_stage_plan_stage1_is_high_resource_instance_balanced():
 
 def test_two_stage_plan_is_capped_in_proportion_and_skips_an_empty_stage1():
     spec = spec_for(max_steps=100)
-    stages, notes = plan_stages(spec, "two_stage", {"a": 800, "b": 80}, ["a"], per_step=8)
+    stages, notes = plan_stages(spec, "two_stage", {"a": 800, "b": 80}, ["a"], per_step=8, lr=3e-5)
     assert sum(s.steps for s in stages) == 100 and notes["uncapped_steps"] == {"stage1": 100, "stage2": 1100}
     assert stages[0].steps == round(100 * 100 / 1200)
-    stages, notes = plan_stages(spec_for(), "two_stage", {"a": 80, "b": 80}, [], per_step=8)
+    stages, notes = plan_stages(spec_for(), "two_stage", {"a": 80, "b": 80}, [], per_step=8, lr=3e-5)
     assert [s.name for s in stages] == ["stage2"] and "skipped" in notes["stage1"]
 
 
 def test_one_stage_methods():
     sizes = {"a": 1000, "b": 10}
-    ib, _ = plan_stages(spec_for(method="instance_balanced"), "instance_balanced", sizes, [], per_step=10)
+    ib, _ = plan_stages(spec_for(method="instance_balanced"), "instance_balanced", sizes, [], per_step=10, lr=3e-5)
     assert ib[0].rates == pytest.approx({"a": 1000 / 1010, "b": 10 / 1010}) and ib[0].steps == 1010
-    cb, _ = plan_stages(spec_for(method="class_balanced"), "class_balanced", sizes, [], per_step=10)
+    cb, _ = plan_stages(spec_for(method="class_balanced"), "class_balanced", sizes, [], per_step=10, lr=3e-5)
     assert cb[0].rates == {"a": 0.5, "b": 0.5}
-    tc, _ = plan_stages(spec_for(method="temperature_capped", mixture={"cap_k": 100}), "temperature_capped", sizes, [], per_step=10)
+    tc, _ = plan_stages(spec_for(method="temperature_capped", mixture={"cap_k": 100}), "temperature_capped", sizes, [], per_step=10, lr=3e-5)
     assert tc[0].steps == 10 * 110 // 10
-    um, _ = plan_stages(spec_for(method="unimax", mixture={"stage2_steps": 20, "unimax_max_epochs": 2}), "unimax", sizes, [], per_step=10)
+    um, _ = plan_stages(spec_for(method="unimax", mixture={"stage2_steps": 20, "unimax_max_epochs": 2}), "unimax", sizes, [], per_step=10, lr=3e-5)
     assert um[0].steps == 20 and um[0].rates["b"] == pytest.approx(20 / 200)  # b capped at 2 epochs of a 200-example budget
-    capped, notes = plan_stages(spec_for(method="class_balanced", max_steps=50), "class_balanced", sizes, [], per_step=10)
+    capped, notes = plan_stages(spec_for(method="class_balanced", max_steps=50), "class_balanced", sizes, [], per_step=10, lr=3e-5)
     assert capped[0].steps == 50 and notes["uncapped_steps"] == {"mixture": 1010}
 
 
