@@ -21,18 +21,6 @@ from trainer.pipeline import baseline_steps, group_tasks, plan_stages, run_job, 
 from trainer.sampling import instance_balanced, temperature_scaled_capped
 from trainer.toy import toy_job, write_toy_data
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train as fast on one thread, and far faster when other
-    processes share the cores (thread oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 # -- pure planning ----------------------------------------------------------------------
 

@@ -17,18 +17,6 @@ from trainer.sweep import PointTask, SweepPoint, SweepResult, choose, point_spec
 from trainer.toy import toy_job, write_toy_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train as fast on one thread, and far faster when other
-    processes share the cores (thread oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def base_job(tmp: Path, base_model: Path | str = "tiny", **over) -> dict:
     """The toy two_stage job (mixture and resources set), one task, tiny settings."""
     write_toy_data(tmp, tasks=("sentiment", "topic"), train=16, dev=6)

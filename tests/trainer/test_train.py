@@ -33,18 +33,6 @@ from trainer.train import (
 
 TOY = parse_catalogue(TOY_CATALOGUE)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models train as fast on one thread, and far faster when other
-    processes share the cores (thread oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 
 def fresh(tiny_dir: Path):
     return load_checkpoint(tiny_dir, device="cpu", dtype="float32")
