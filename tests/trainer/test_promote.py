@@ -18,7 +18,7 @@ from services.common.records import CheckpointRecord, Route, RouteChange, TaskRe
 from services.registry.store import RegistryStore
 from trainer.job import load_job
 from trainer.pipeline import run_job
-from trainer.promote import ALREADY, MOVED, STAYED, check_registry, plan, register_and_promote
+from trainer.promote import ALREADY, MOVED, STAYED, check_registry, plan, qualification_of, register_and_promote
 from trainer.toy import write_promotion_job
 
 
@@ -182,3 +182,17 @@ def test_register_only_leaves_routes_alone(trained, tmp_path, tiny_llama_dir):
         assert store.get_checkpoint(report.registered[0]["id"]).path == str(Path(result.checkpoints[0]).resolve())
     finally:
         store.close()
+
+
+def test_the_reason_names_a_degenerate_baseline():
+    row = {"qualified": True, "verdict": "qualified against a degenerate baseline", "ratio": 1.0, "ratio_low": 1.0, "ratio_high": 1.0,
+           "degenerate_baseline": True}
+    qualified, verdict, why = qualification_of({"method": "two_stage"}, row)
+    assert qualified is True and verdict == "qualified against a degenerate baseline"
+    assert why == ("qualified: ratio 1.000 (95% CI 1.000-1.000), at or above 0.99 of its baseline; "
+                   "against a degenerate baseline (it does not beat its trivial baseline)")
+    qualified, _, why = qualification_of({"method": "two_stage"}, {**row, "degenerate_baseline": False, "verdict": "qualified"})
+    assert why == "qualified: ratio 1.000 (95% CI 1.000-1.000), at or above 0.99 of its baseline"
+    noisy = {**row, "verdict": "qualified against a degenerate baseline, within noise", "ratio_low": 0.9, "ratio_high": 1.1}
+    qualified, _, why = qualification_of({"method": "two_stage"}, noisy)
+    assert qualified is True and why.startswith("qualified by the point rule, within noise") and why.endswith("trivial baseline)")
