@@ -128,8 +128,7 @@ def point_spec(spec: JobSpec, finetune: str, lr: float, precision: str | None = 
     if precision is not None:
         data["training"]["precision"] = precision
     if finetune == "lora":
-        data["lora"] = data.get("lora") or None
-        data["output"]["checkpoints_dir"] = None
+        data["output"]["checkpoints_dir"] = None  # the job's LoRA settings (or the defaults) stay
     else:
         data["lora"] = None
     data["baselines"]["train"] = True
