@@ -2,6 +2,7 @@
 in one process: the step-time ratio the trainer's `precision: auto` rests on.
 
     python -m trainer.benchmarks.precision --data DIR/data --catalogue DIR/catalogue.yaml --task shop-polarity
+    python -m trainer.benchmarks.precision --compare RUNS/st-<fp32 run> RUNS/st-<bf16 run> --plots docs/img
 
 The arms alternate (fp32, bf16, bf16, fp32, ...) over the same micro-batches,
 so drift in the machine's load falls on both; each timed step is forward +
@@ -85,17 +86,52 @@ def run(data_dir: Path, catalogue_path: Path, task_name: str, *, micro_batch: in
     }
 
 
+def compare_runs(runs: dict[str, Path], out_dir: Path) -> dict[str, Any]:
+    """Two finished runs of the same baseline in two precisions (run folders,
+    named by label): their loss curves and dev curves as PNGs in out_dir, and
+    the figures beside them (dev metric at every evaluation, the selected one,
+    median seconds per step)."""
+    from trainer.curves import dev_curve, loss_curve, plot_loss_curves, plot_task_curve
+    from trainer.runs import EVENTS, RESULT, read_events
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {}
+    losses, devs = {}, {}
+    task = metric = ""
+    for label, folder in runs.items():
+        events = read_events(folder / EVENTS)
+        result = json.loads((folder / RESULT).read_text(encoding="utf-8"))
+        task = result["task"]
+        metric = result["dev"]["primary"]
+        losses[label] = loss_curve(events)
+        devs[label] = dev_curve(events, task)
+        steps = [e["seconds_per_step"] for e in events if e.get("event") == "step"]
+        summary[label] = {"dev": devs[label], "selected": result["selected"]["label"], "value": result["dev"]["metrics"][metric]["value"],
+                          "median_seconds_per_step": statistics.median(steps) if steps else None, "run": folder.name}
+    plot_loss_curves(out_dir / f"precision-{task}-loss.png", losses, title=f"{task}: training loss, same batches")
+    plot_task_curve(out_dir / f"precision-{task}-dev.png", task, metric, devs, title=f"{task}: dev {metric} by precision")
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.benchmarks.precision", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="<data>/<task>/train.jsonl")
-    parser.add_argument("--catalogue", type=Path, required=True)
-    parser.add_argument("--task", required=True)
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("FP32_RUN", "BF16_RUN"),
+                        help="instead: plot two finished run folders of one baseline (float32, bf16) into --plots")
+    parser.add_argument("--plots", type=Path, default=Path("."), help="with --compare: where the PNGs go")
+    parser.add_argument("--data", type=Path, help="<data>/<task>/train.jsonl")
+    parser.add_argument("--catalogue", type=Path)
+    parser.add_argument("--task")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the prepared default model)")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here too")
     args = parser.parse_args(argv)
+    if args.compare:
+        print(json.dumps(compare_runs({"fp32": args.compare[0], "bf16": args.compare[1]}, args.plots), indent=2))
+        return 0
+    if not (args.data and args.catalogue and args.task):
+        parser.error("--data, --catalogue and --task are required (or --compare)")
     result = run(args.data, args.catalogue, args.task, micro_batch=args.micro_batch, batches=args.batches, repeats=args.repeats, model=args.model)
     text = json.dumps(result, indent=2)
     if args.out is not None:
