@@ -104,3 +104,14 @@ def test_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mtserve", "classify", "-t", "nope", "--text", "hi"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown task 'nope'; the catalogue 'hotel' has 18 tasks"
+
+
+def test_the_demo_adapter_job_is_a_valid_job():
+    """`mtserve demo --train` and anyone reproducing the shipped adapter read this file."""
+    import yaml
+
+    from mtserve.cli.demo import ADAPTER_JOB
+    from trainer.job import parse_job
+
+    spec = parse_job(yaml.safe_load(ADAPTER_JOB.read_text(encoding="utf-8")))
+    assert spec.finetune == "lora" and spec.training.lr == 1e-3 and spec.training.precision == "auto"
