@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -230,8 +231,8 @@ class Context:
         """What training.precision resolved to on this device (one probe: mtserve.precision)."""
         return resolve_precision(self.spec.training.precision, self.device)
 
-    @property
-    def lr(self) -> float:
+    @functools.cached_property
+    def lr(self) -> float:  # cached: it reads the base's safetensors headers
         """training.lr, or when left out the rate for this base's scale (trainer.job.default_lr)."""
         if self.spec.training.lr is not None:
             return self.spec.training.lr
