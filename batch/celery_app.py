@@ -19,6 +19,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from batch import worker
 from mtserve.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,9 @@ app = make_app()
 @worker_process_init.connect
 def _init_worker_process(**_: Any) -> None:
     # Runs in each pool process right after the fork, never in the parent.
-    from batch import worker
-
     worker.init(getattr(app, "mtserve_settings", None) or load_settings())
 
 
 @worker_process_shutdown.connect
 def _shutdown_worker_process(**_: Any) -> None:
-    from batch import worker
-
     worker.shutdown()

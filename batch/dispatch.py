@@ -5,7 +5,7 @@ CLI, or finish_job inside a worker) needs neither torch nor the scorer."""
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from celery import Celery, chord
 

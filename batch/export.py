@@ -5,8 +5,8 @@ DuckDB read `task` back as a column)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from batch.store import ResultRow, ResultStore
 

@@ -20,12 +20,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from batch.routing import applicable
-from batch.scoring import Answer, Item, TaskError, TaskRef, answer_from_prediction
+from batch.scoring import Item, TaskError, TaskRef
 from mtserve.errors import MtserveError, OverloadedError, UnavailableError
+from mtserve.predictions import Answer
 from mtserve.tasks import Channel, Task
 
 if TYPE_CHECKING:
@@ -36,10 +38,10 @@ log = logging.getLogger(__name__)
 VIEW_TTL_SECONDS = 10.0  # how long a chunk may use the route view before asking again
 
 
-def known_tasks(settings: "Settings") -> dict[str, Task]:
+def known_tasks(settings: Settings) -> dict[str, Task]:
     """The registry's active tasks (latest versions), to validate --tasks at submit."""
-    from services.common.records import TaskStatus
-    from services.registry.client import RegistryClient
+    from mtserve.records import TaskStatus
+    from mtserve_api.registry import RegistryClient
 
     with RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds) as registry:
         return {r.name: r.task for r in registry.list_tasks(status=TaskStatus.ACTIVE)}
@@ -59,10 +61,10 @@ class GrpcScorer:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "GrpcScorer":
+    def from_settings(cls, settings: Settings) -> GrpcScorer:
         # grpc is imported here, in the worker process after the fork; channels connect lazily.
-        from services.inference.client import InferenceClient
-        from services.registry.client import RegistryClient
+        from mtserve_api.inference import InferenceClient
+        from mtserve_api.registry import RegistryClient
 
         inference = InferenceClient(settings.batch_inference_address, timeout=settings.inference.client_timeout_seconds)
         registry = RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds)
@@ -109,15 +111,7 @@ class GrpcScorer:
             raise  # the whole chunk backs off and retries
         except MtserveError as exc:  # this conversation cannot be scored as asked (bad input, a route gone bad)
             return [TaskError(r.name, exc) for r in refs]
-        out: list[Answer | TaskError] = []
-        for a in answers:
-            p = a.prediction
-            out.append(
-                answer_from_prediction(
-                    p, a.checkpoint_id, version=p.task_version or 0, queue_ms=a.timing.queue_ms, compute_ms=a.timing.compute_ms
-                )
-            )
-        return out
+        return list(answers)
 
     def score(self, items: Sequence[Item]) -> list[list[Answer | TaskError]]:
         # Concurrent calls: the service batches them together (and across workers).

@@ -18,14 +18,16 @@ import logging
 import secrets
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batch.logs import Chunk, LogRecord, plan_day, read_chunk, write_rejects
-from batch.scoring import Answer, Scorer, TaskError
+from batch.scoring import Scorer, TaskError
 from batch.store import ChunkState, Job, ResultRow, ResultStore
 from mtserve.errors import ValidationError
+from mtserve.predictions import Answer
 from mtserve.tasks import Task
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ def new_job_id(date: str) -> str:
 
 
 def submit_job(
-    settings: "Settings",
+    settings: Settings,
     store: ResultStore,
     enqueuer: Enqueuer,
     *,
@@ -158,24 +160,26 @@ class ChunkOutcome:
 
 
 def _result_row(job: Job, chunk: int, record: LogRecord, a: Answer, now: float) -> ResultRow:
+    p = a.prediction
+    task, task_version, checkpoint = a.key
     return ResultRow(
         conversation_id=record.conversation_id,
-        task=a.task,
-        task_version=a.task_version,
-        checkpoint=a.checkpoint,
+        task=task,
+        task_version=task_version,
+        checkpoint=checkpoint,
         date=job.date,
         channel=record.conversation.channel.value,
         job_id=job.job_id,
         chunk_index=chunk,
-        label=a.label,
-        labels=list(a.labels),
-        scores=dict(a.scores),
-        expected_value=a.expected_value,
-        text=a.text,
-        prompt_tokens=a.prompt_tokens,
-        truncated=a.truncated,
-        queue_ms=a.queue_ms,
-        compute_ms=a.compute_ms,
+        label=p.label,
+        labels=list(p.labels),
+        scores={s.label: float(s.probability) for s in p.scores},
+        expected_value=p.expected_value,
+        text=p.text,
+        prompt_tokens=p.prompt_tokens,
+        truncated=p.truncated,
+        queue_ms=a.timing.queue_ms,
+        compute_ms=a.timing.compute_ms,
         scored_at=now,
     )
 
@@ -334,7 +338,7 @@ class ReconcileResult:
 def reconcile(
     store: ResultStore,
     enqueuer: Enqueuer,
-    settings: "Settings",
+    settings: Settings,
     job_id: str,
     *,
     force: bool = False,
@@ -382,7 +386,7 @@ def reconcile(
 def finish_job(
     store: ResultStore,
     enqueuer: Enqueuer,
-    settings: "Settings",
+    settings: Settings,
     job_id: str,
     tasks: Mapping[str, Task],
 ) -> str:

@@ -5,19 +5,22 @@ inference service runs, so the same input gives the same answer."""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from batch.routing import applicable
-from batch.scoring import Answer, Item, TaskError, TaskRef, answer_from_prediction
+from batch.scoring import Item, TaskError, TaskRef
 from mtserve.errors import MtserveError
+from mtserve.predictions import Answer, Timing
 from mtserve.tasks import Catalogue, Channel, Task, builtin_catalogue_path, load_catalogue
 
 if TYPE_CHECKING:
     from mtserve.config import Settings
 
 
-def load_batch_catalogue(settings: "Settings") -> Catalogue:
+def load_batch_catalogue(settings: Settings) -> Catalogue:
     return load_catalogue(Path(settings.batch.catalogue).expanduser() if settings.batch.catalogue else builtin_catalogue_path("hotel"))
 
 
@@ -33,7 +36,7 @@ class LocalScorer:
             engine.validate_task(task)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> "LocalScorer":
+    def from_settings(cls, settings: Settings) -> LocalScorer:
         # torch and transformers are imported here, in the worker process after the fork.
         from mtserve.engine import Engine
         from mtserve.models import load_checkpoint, resolve_model_path
@@ -69,7 +72,8 @@ class LocalScorer:
                 if isinstance(p, MtserveError):
                     answers.append(TaskError(ref.name, p))
                 else:
-                    answers.append(answer_from_prediction(p, self.checkpoint_id, version=ref.version, compute_ms=compute_ms))
+                    # Stored under the catalogue's version (0 when it has none), as planned.
+                    answers.append(Answer(replace(p, task_version=ref.version), self.checkpoint_id, Timing(compute_ms=compute_ms)))
             out.append(answers)
         return out
 

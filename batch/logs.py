@@ -56,18 +56,18 @@ records.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import tempfile
 import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Union
+from typing import Any, BinaryIO
 
 from mtserve.errors import PreconditionError, ValidationError
 from mtserve.inputs import Conversation, Speaker, input_from_dict, input_to_dict
@@ -137,7 +137,7 @@ class Reject:
         }
 
 
-RecordResult = Union[LogRecord, Reject]
+RecordResult = LogRecord | Reject
 
 
 # -- the folder --------------------------------------------------------------
@@ -268,7 +268,7 @@ def _lines(chunks: Iterable[bytes], skip: int) -> Iterator[bytes]:
 
 def _iter_jsonl(path: Path, gz: bool, start: int, stop: int | None, offset: int) -> Iterator[_Item]:
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - entered with `with f:` below, after the open error is reported
     except OSError as exc:
         yield _Item(FILE_LEVEL, 0, _Bad(RejectCode.UNREADABLE_FILE, f"cannot open file: {exc}"))
         return
@@ -533,7 +533,7 @@ class Chunk:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Chunk":
+    def from_dict(cls, data: Mapping[str, Any]) -> Chunk:
         return cls(
             index=int(data["index"]),
             folder=str(data["folder"]),
@@ -647,7 +647,7 @@ def write_rejects(rejects: Iterable[Reject], path: str | Path) -> int:
     n = 0
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with io.open(fd, "w", encoding="utf-8", newline="\n") as f:
+        with open(fd, "w", encoding="utf-8", newline="\n") as f:
             for reject in rejects:
                 f.write(json.dumps(reject.to_dict(), ensure_ascii=False) + "\n")
                 n += 1

@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from batch.store import ChunkState, Job, ResultRow, ResultStore
 from mtserve.tasks import Task, Taxonomy
@@ -42,7 +43,7 @@ def positive_label(task: Task) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
 # -- per-task statistics --------------------------------------------------------------
@@ -330,14 +331,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Job `{r['job_id']}`: **{r['status']}**, scorer `{r['scorer']}`, logs `{r['logs_dir']}`.",
         "",
-        f"- records read: {r['records']}; conversations scored: {r['conversations']}; "
-        f"rejected: {r['rejects']['total']}",
-        f"- results: {r['results']} (expected {r['expected_results']}, task errors {r['task_errors']['total']}); "
-        f"complete: {'yes' if r['complete'] else 'NO'}",
-        f"- chunks: {r['chunks']['done']}/{r['chunks']['total']} done, {len(r['chunks']['failed'])} failed, "
-        f"{r['chunks']['runs']} runs in {r['chunks']['rounds']} round(s)",
-        f"- throughput: {tp['conversations_per_second'] or '-'} conversations/s, wall time {tp['wall_seconds']} s "
-        f"(worker time {tp['worker_seconds']} s)",
+        (f"- records read: {r['records']}; conversations scored: {r['conversations']}; "
+        f"rejected: {r['rejects']['total']}"),
+        (f"- results: {r['results']} (expected {r['expected_results']}, task errors {r['task_errors']['total']}); "
+        f"complete: {'yes' if r['complete'] else 'NO'}"),
+        (f"- chunks: {r['chunks']['done']}/{r['chunks']['total']} done, {len(r['chunks']['failed'])} failed, "
+        f"{r['chunks']['runs']} runs in {r['chunks']['rounds']} round(s)"),
+        (f"- throughput: {tp['conversations_per_second'] or '-'} conversations/s, wall time {tp['wall_seconds']} s "
+        f"(worker time {tp['worker_seconds']} s)"),
         "- checkpoints: " + (", ".join(f"`{k}` ({v} results)" for k, v in r["checkpoints"].items()) or "-"),
         "- compared with: " + (f"{r['previous']['date']} (job `{r['previous']['job_id']}`)" if r["previous"] else "no earlier report"),
     ]

@@ -4,7 +4,7 @@ job's `--tasks` when given; a generation task (CS) only when named there."""
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from mtserve.errors import ValidationError
 from mtserve.tasks import Channel, InputKind, Task

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select, tuple_, update
 from sqlalchemy.engine import make_url
@@ -63,7 +64,7 @@ class Job:
     report: dict[str, Any] | None = None
 
     @classmethod
-    def from_row(cls, row: Any) -> "Job":
+    def from_row(cls, row: Any) -> Job:
         m = row._mapping
         return cls(
             job_id=m["job_id"],
@@ -114,7 +115,7 @@ class ChunkState:
         return self.status in ("done", "failed")
 
     @classmethod
-    def from_row(cls, row: Any) -> "ChunkState":
+    def from_row(cls, row: Any) -> ChunkState:
         m = row._mapping
         return cls(
             job_id=m["job_id"],
@@ -189,7 +190,7 @@ class ResultRow:
         }
 
     @classmethod
-    def from_row(cls, row: Any) -> "ResultRow":
+    def from_row(cls, row: Any) -> ResultRow:
         m = row._mapping
         return cls(
             conversation_id=m["conversation_id"],
@@ -251,9 +252,8 @@ class ResultStore:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            with conn.begin():
-                yield conn
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
 
     # -- jobs ------------------------------------------------------------------------
     def create_job(self, job: Job, chunk_dicts: Sequence[dict[str, Any]]) -> None:

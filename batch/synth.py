@@ -75,10 +75,11 @@ import io
 import json
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import input_from_dict
@@ -596,7 +597,7 @@ def im_style(lines: Lines, rng: random.Random, f: Facts) -> Lines:
 
 def code_switch(text: str, rng: random.Random) -> str:
     for en, zh in ZH_PHRASES:
-        text = re.sub(rf"\b{re.escape(en)}\b", lambda m: zh if rng.random() < ZH_PHRASE_RATE else m.group(0), text, flags=re.IGNORECASE)
+        text = re.sub(rf"\b{re.escape(en)}\b", lambda m, zh=zh: zh if rng.random() < ZH_PHRASE_RATE else m.group(0), text, flags=re.IGNORECASE)
     return text
 
 

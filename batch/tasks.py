@@ -5,11 +5,11 @@ about retries. Everything they do is tested without Celery in tests/batch/."""
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
 from batch import jobs, worker
@@ -24,9 +24,11 @@ log = logging.getLogger(__name__)
 TRANSIENT = (UnavailableError, OverloadedError, OperationalError)
 
 
-def backoff(retries: int, cap: float) -> float:
-    """Exponential backoff with full jitter: U(0.5, 1) x min(cap, 2**retries) seconds."""
-    return min(cap, 2.0**retries) * random.uniform(0.5, 1.0)
+def backoff(retries: int, cap: float) -> int:
+    """Exponential backoff with full jitter, Celery's own (the one its
+    `retry_backoff`/`retry_jitter` use): a whole number of seconds drawn
+    uniformly from 0..min(cap, 2**retries)."""
+    return get_exponential_backoff_interval(factor=1, retries=retries, maximum=int(cap), full_jitter=True)
 
 
 def _enqueuer(app: Any) -> jobs.Enqueuer:
@@ -37,7 +39,7 @@ def _enqueuer(app: Any) -> jobs.Enqueuer:
 
 @shared_task(bind=True, name=SCORE_CHUNK)
 def score_chunk(self: Any, job_id: str, chunk: dict[str, Any]) -> dict[str, Any]:
-    state = worker.get()
+    state = worker.get(getattr(self.app, "mtserve_settings", None))
     b = state.settings.batch
     index = int(chunk["index"])
     try:
@@ -82,7 +84,7 @@ def _fail(state: worker.WorkerState, job_id: str, index: int, error: str, *, fin
 def finish_job(self: Any, results: Any = None, job_id: str = "") -> str:
     """The chord callback (`results` are the chunk summaries; the store, not
     they, decides what is complete)."""
-    state = worker.get()
+    state = worker.get(getattr(self.app, "mtserve_settings", None))
     return jobs.finish_job(state.store, _enqueuer(self.app), state.settings, job_id, _definitions(state))
 
 
@@ -101,5 +103,5 @@ def chord_failed(self: Any, request: Any = None, exc: Any = None, traceback: Any
     """Errback of the chord's callback: a chunk task failed outright, so the
     chord will not call finish_job; run the same completeness check."""
     log.warning("job %s: a chunk task failed (%s); reconciling", job_id, exc)
-    state = worker.get()
+    state = worker.get(getattr(self.app, "mtserve_settings", None))
     return jobs.finish_job(state.store, _enqueuer(self.app), state.settings, job_id, _definitions(state))

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class WorkerState:
-    def __init__(self, settings: "Settings", store: "ResultStore", scorer: "Scorer | None", name: str):
+    def __init__(self, settings: Settings, store: ResultStore, scorer: Scorer | None, name: str):
         self.settings = settings
         self.store = store
         self.name = name
@@ -37,16 +37,14 @@ class WorkerState:
         self._lock = threading.Lock()
 
     @property
-    def scorer(self) -> "Scorer":
+    def scorer(self) -> Scorer:
         with self._lock:
             if self._scorer is None:
-                from batch.scoring import build_scorer
-
                 try:
                     self._scorer = build_scorer(self.settings)
                 except MtserveError as exc:
                     raise PreconditionError(f"worker {self.name} cannot build its {self.settings.batch.scorer} scorer: {exc}") from exc
-                except Exception as exc:  # noqa: BLE001 - e.g. OSError from a model folder; reported, not fatal
+                except Exception as exc:
                     raise PreconditionError(
                         f"worker {self.name} cannot build its {self.settings.batch.scorer} scorer: {type(exc).__name__}: {exc}"
                     ) from exc
@@ -58,11 +56,23 @@ class WorkerState:
         self.store.close()
 
 
+def build_scorer(settings: Settings) -> Scorer:
+    """The configured scorer (settings.batch.scorer). Loads a model or opens
+    a channel: call it in the worker process, never before the fork."""
+    if settings.batch.scorer == "local":
+        from batch.local_scorer import LocalScorer
+
+        return LocalScorer.from_settings(settings)
+    from batch.grpc_scorer import GrpcScorer
+
+    return GrpcScorer.from_settings(settings)
+
+
 _state: WorkerState | None = None
 _lock = threading.Lock()
 
 
-def init(settings: "Settings") -> WorkerState:
+def init(settings: Settings) -> WorkerState:
     global _state
     with _lock:
         if _state is None:
@@ -77,14 +87,14 @@ def init(settings: "Settings") -> WorkerState:
         return _state
 
 
-def get() -> WorkerState:
+def get(settings: Settings | None = None) -> WorkerState:
+    """This process's state, built on first use from `settings` (the Celery
+    app's, passed by the task that asks) or the environment's."""
     if _state is not None:
         return _state
     from mtserve.config import load_settings
 
-    from batch.celery_app import app
-
-    return init(getattr(app, "mtserve_settings", None) or load_settings())
+    return init(settings or load_settings())
 
 
 def loaded() -> WorkerState | None:

@@ -21,10 +21,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from mtserve.errors import IntegrityError, NotFoundError, ValidationError
 
@@ -52,7 +53,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], where: str = MANIFEST) -> "Manifest":
+    def from_mapping(cls, data: Mapping[str, Any], where: str = MANIFEST) -> Manifest:
         if not isinstance(data, Mapping):
             raise ValidationError(where, "must be a JSON object", type(data).__name__)
         known = set(cls.__dataclass_fields__)
@@ -165,7 +166,7 @@ def write_manifest(
         metrics=dict(metrics or {}),
         training=dict(training or {}),
         parent=parent,
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         description=description,
     )
     Manifest.from_mapping(asdict(manifest))  # the same rules a reader applies
@@ -247,7 +248,7 @@ class staging_dir:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
         return self.tmp
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return

@@ -9,8 +9,9 @@ Environment variables use `__` between a section and its key:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -129,7 +130,7 @@ class BatchSettings(_Section):
     debug_pause_seconds: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _limits_fit(self) -> "BatchSettings":
+    def _limits_fit(self) -> BatchSettings:
         soft = self.soft_time_limit
         if soft >= self.chunk_time_limit:
             raise ValueError(f"chunk_soft_time_limit ({soft}) must be below chunk_time_limit ({self.chunk_time_limit})")

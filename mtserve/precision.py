@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
@@ -140,13 +141,13 @@ def answers_agree(reference: Sequence[Any], candidate: Sequence[Any], *, max_pro
 
 __all__ = [
     "AGREEMENT_MAX_PROB_DIFF",
+    "CPU_BF16_FLAGS",
     "PRECISION_SETTINGS",
     "PROBE_ENV",
     "Precision",
     "PrecisionSetting",
     "answers_agree",
     "autocast_dtype",
-    "CPU_BF16_FLAGS",
     "bf16_is_fast",
     "cpu_bf16_flags",
     "cpu_has_bf16_units",

@@ -1,6 +1,12 @@
 """What a scoring request and its answer are, without torch: clients (the
 CLI over gRPC, batch writers, reports) read predictions without loading a
-model runtime."""
+model runtime.
+
+One answer, one type: the engine returns a `Prediction`; whoever serves it
+(the inference service, a batch scorer) wraps it in an `Answer` with the
+checkpoint that answered and the time it took. The API floor converts an
+Answer to and from protobuf, the batch store turns it into a result row;
+nothing else reshapes it."""
 
 from __future__ import annotations
 
@@ -44,3 +50,23 @@ class Prediction:
             if s.label == label:
                 return s.probability
         raise KeyError(label)
+
+
+@dataclass(frozen=True)
+class Timing:
+    queue_ms: float = 0.0  # waiting for the batch
+    compute_ms: float = 0.0  # the batch's forward passes (shared by the whole batch)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A prediction with the checkpoint that answered it and the time it took."""
+
+    prediction: Prediction
+    checkpoint_id: str
+    timing: Timing = Timing()
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """How a result is stored: (task, task version, checkpoint)."""
+        return (self.prediction.task, int(self.prediction.task_version or 0), self.checkpoint_id)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, TextPair, check_task_accepts
@@ -101,6 +102,10 @@ class PromptRenderer:
         self.policy = policy or TruncationPolicy()
         self.system_prompt = system_prompt
         self._tokenizer_lock = threading.Lock()
+        # Task segments are cached per renderer, not on the class: a class-level
+        # lru_cache on the method would keep every renderer (and its
+        # tokenizer) alive for the life of the process.
+        self.suffix_ids = functools.lru_cache(maxsize=4096)(self._suffix_ids)
         self._parse_template()
 
     # -- tokenization -------------------------------------------------------------
@@ -222,7 +227,7 @@ class PromptRenderer:
         return RenderedInput(ids=ids, text=text, truncated=truncated, content_tokens=n)
 
     def _cut(self, inp: Input, lines: list[str], budget: TruncationBudget) -> str:
-        count = lambda s: len(self.encode_text(s))  # noqa: E731
+        count = lambda s: len(self.encode_text(s))
         if isinstance(inp, Conversation):
             header, turns = lines[0], lines[1:]
             keep = min(budget.keep_first_turns, len(turns))
@@ -253,8 +258,7 @@ class PromptRenderer:
             text += f"\nCategory: {ask.verbalizer}\nDoes this category apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}."
         return text
 
-    @functools.lru_cache(maxsize=4096)
-    def suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
+    def _suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
         """The task segment: cached per task definition (Task is frozen and hashable)."""
         pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), True), _Piece(self._cue, True)]
         return self._encode(pieces)

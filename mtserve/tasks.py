@@ -14,10 +14,11 @@ import hashlib
 import json
 import re
 import string
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -135,7 +136,7 @@ class Task:
         body.pop("version", None)
         return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
-    def with_version(self, version: int | None) -> "Task":
+    def with_version(self, version: int | None) -> Task:
         return dataclasses.replace(self, version=version)
 
     @property
@@ -168,7 +169,7 @@ class Task:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> "Task":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "task") -> Task:
         return parse_task(data, where)
 
 
@@ -410,7 +411,7 @@ class TruncationPolicy:
         return [b.to_dict() for b in self.budgets]
 
     @classmethod
-    def from_list(cls, raw: Any, where: str = "truncation") -> "TruncationPolicy":
+    def from_list(cls, raw: Any, where: str = "truncation") -> TruncationPolicy:
         if raw is None:
             return cls()
         if not isinstance(raw, list):

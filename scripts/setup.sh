@@ -67,6 +67,42 @@ then
   fi
 fi
 
+# PostgreSQL for the registry and results tests (the README's test command
+# runs them): use the one that answers, else start a private cluster with
+# trust auth on loopback, in a folder of its own outside the repository.
+PG_PORT=${MTSERVE_PG_PORT:-5432}
+pg_ready() {
+  .venv/bin/python - "$PG_PORT" <<'PY' >/dev/null 2>&1
+import sys, psycopg
+with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="postgres", dbname="postgres", connect_timeout=3, autocommit=True) as conn:
+    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'test'").fetchone():
+        conn.execute("CREATE DATABASE test")
+PY
+}
+if ! pg_ready; then
+  initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
+  if [ -z "$initdb" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing PostgreSQL (Debian package, without its default cluster)"
+    mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 || true
+    initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
+  fi
+  if [ -n "$initdb" ]; then
+    pgdata=${MTSERVE_PG_DIR:-${TMPDIR:-/tmp}/mtserve-postgres-$PG_PORT}
+    as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)  # the server refuses to run as root
+    say "starting a private PostgreSQL on 127.0.0.1:$PG_PORT ($pgdata)"
+    if [ ! -s "$pgdata/PG_VERSION" ]; then
+      mkdir -p "$pgdata" && { [ "$(id -u)" != 0 ] || chown postgres "$pgdata"; }
+      "${as_pg[@]}" "$initdb" -D "$pgdata" -U postgres -A trust >/dev/null
+    fi
+    "${as_pg[@]}" "$(dirname "$initdb")/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
+      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $pgdata" start >/dev/null
+    pg_ready || say "the private PostgreSQL did not answer (see $pgdata/server.log): the PostgreSQL tests will fail"
+  else
+    say "no PostgreSQL answers on 127.0.0.1:$PG_PORT and none can be installed: the PostgreSQL tests will fail"
+  fi
+fi
+
 say "preparing the default model (SmolLM2-135M-Instruct, once)"
 if ! out=$(.venv/bin/mtserve models prepare-default 2>&1); then
   echo "$out" >&2; echo "preparing the default model failed" >&2; exit 1

@@ -4,6 +4,8 @@ into a temporary MTSERVE_HOME so tests never write into the user's home."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,52 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MTSERVE_HOME", str(session_home))
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+# scripts/setup.sh makes sure one answers here (the machine's, or a private
+# cluster it starts); scripts/test.sh sets MTSERVE_REQUIRE_POSTGRES=1, so under
+# the README's test command an unreachable server fails the PostgreSQL tests
+# instead of skipping them. A bare `pytest` elsewhere skips them.
+POSTGRES_URL = os.environ.get("MTSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_problem() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: no PostgreSQL for the tests
+        return str(exc).strip().splitlines()[0]
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A URL whose tables live in a fresh schema of the test database
+    (search_path set in the URL), dropped with everything in it afterwards."""
+    problem = _postgres_problem()
+    if problem:
+        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
+        if os.environ.get("MTSERVE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message + "; MTSERVE_REQUIRE_POSTGRES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
+        pytest.skip(message)
+    from sqlalchemy import create_engine, text
+
+    schema = f"mtserve_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 @pytest.fixture(scope="session")

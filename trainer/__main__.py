@@ -25,11 +25,6 @@ import sys
 
 from mtserve.errors import MtserveError
 
-# How long the pre-training registry check waits, and how long registering a
-# checkpoint may take (the registry hashes every file of the folder).
-CHECK_TIMEOUT_SECONDS = 10.0
-REGISTER_TIMEOUT_SECONDS = 600.0
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Run an mtserve training job (see docs/training.md).")
@@ -67,21 +62,26 @@ def main(argv: list[str] | None = None) -> int:
         else:
             spec = load_job(args.file)
         promote = args.promote or spec.promote
-        registry = None
+        registry = address = None
         if (promote or args.register) and rank == 0:
-            registry = _registry_check(spec, args.registry, promote, emit)
+            from mtserve.config import load_settings
+            from trainer.promote import connect_registry
+
+            address = args.registry or load_settings().registry.address
+            registry, event = connect_registry(spec, address, promote=promote)
+            emit(event)
         try:
             result = run_job(spec, emit=emit, resume=args.resume, restart=args.restart)
             out = result.to_dict()
             if registry is not None:
                 from trainer.promote import finish_job
 
-                report = finish_job(out, registry[0], promote=promote, address=registry[1], emit=emit,
+                report = finish_job(out, registry, promote=promote, address=address, emit=emit,
                                     result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()
         finally:
             if registry is not None:
-                registry[0].close()  # type: ignore[attr-defined]
+                registry.close()
         if rank == 0:
             print(json.dumps({"event": "result", **out}, ensure_ascii=False), flush=True)
         return 0
@@ -104,22 +104,6 @@ def _read_yaml(path: str) -> object:
         raise ValidationError("job", f"cannot read file ({exc.strerror})", path) from None
     except yaml.YAMLError as exc:
         raise ValidationError(path, f"is not valid YAML: {exc}", None, show_value=False) from None
-
-
-def _registry_check(spec: object, address: str | None, promote: bool, emit: object) -> tuple[object, str]:
-    """The registry must answer before hours of training; returns a client
-    for the end of the job and its address."""
-    from mtserve.config import load_settings
-    from services.registry.client import RegistryClient
-    from trainer.pipeline import resolve_catalogue, resolve_tasks
-    from trainer.promote import check_registry
-
-    address = address or load_settings().registry.address
-    tasks = resolve_tasks(spec, resolve_catalogue(spec))  # type: ignore[arg-type]
-    with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:
-        event = check_registry(probe, address, tasks, what="--promote" if promote else "--register")
-    emit(event)  # type: ignore[operator]
-    return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), address
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -146,7 +130,7 @@ def _shutdown() -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    except Exception:  # pragma: no cover - best effort at exit
+    except Exception:  # noqa: BLE001,S110 - best effort at exit  # pragma: no cover
         pass
 
 

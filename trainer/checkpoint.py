@@ -25,9 +25,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -121,7 +122,7 @@ def _optimizer_split(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, state: "TrainState") -> None:
+def load_optimizer(optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     groups = []
     for g in state.optimizer_meta["param_groups"]:
         g = dict(g)
@@ -148,7 +149,7 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def restore_rng(state: "TrainState") -> None:
+def restore_rng(state: TrainState) -> None:
     torch.set_rng_state(state.rng["torch_cpu"])
     if torch.cuda.is_available():
         cuda = [state.rng[k] for k in sorted(state.rng) if k.startswith("torch_cuda_")]
@@ -248,7 +249,7 @@ def parameter_count(folder: Path) -> int:
         raise IntegrityError(f"checkpoint {folder} holds no .safetensors weights")
     for path in files:
         with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
+            for name in f:
                 n = 1
                 for dim in f.get_slice(name).get_shape():
                     n *= dim

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from mtserve.errors import MtserveError, ValidationError
 from mtserve.inputs import Input, input_from_dict
@@ -341,8 +342,7 @@ def _allocate(sizes: Mapping[str, int], cap: int) -> dict[str, int]:
     quota = {k: cap * n / total for k, n in sizes.items()}
     take = {k: min(sizes[k], int(q)) for k, q in quota.items()}
     if cap >= len(sizes):
-        for k in take:
-            take[k] = max(take[k], 1)
+        take = {k: max(n, 1) for k, n in take.items()}
     order = sorted(sizes, key=lambda k: (-(quota[k] - int(quota[k])), k))
     while sum(take.values()) < cap:
         progressed = False
@@ -399,9 +399,9 @@ def sample_dev(task: Task, examples: Sequence[Example], cap: int | None, *, min_
     return ranked, selection
 
 __all__ = [
+    "DEV_SELECTION",
     "SPLITS",
     "BadLine",
-    "DEV_SELECTION",
     "DevSelection",
     "Example",
     "SplitData",

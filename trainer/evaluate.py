@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from mtserve.engine import Engine, Prediction, Request
 from mtserve.errors import MtserveError, ValidationError
@@ -110,7 +111,7 @@ class ExampleRecord:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ExampleRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> ExampleRecord:
         def shape(v: Any) -> Any:
             return tuple(v) if isinstance(v, list) else v
 
@@ -137,7 +138,7 @@ def record_for(task: Task, example: Example, result: Prediction | MtserveError) 
             id=example.id, gold=gold, pred=None, correct=False,
             rouge_l=0.0 if task.is_generation else None, error=str(result),
         )
-    common = dict(id=example.id, gold=gold, truncated=result.truncated)
+    common = {"id": example.id, "gold": gold, "truncated": result.truncated}
     if task.is_generation:
         text = result.text or ""
         return ExampleRecord(
@@ -217,7 +218,7 @@ class TaskEval:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskEval":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskEval:
         if data.get("format") != FORMAT_VERSION:
             raise ValidationError("task_eval.format", f"must be {FORMAT_VERSION} (re-run the evaluation)", data.get("format"))
         return cls(
@@ -240,7 +241,7 @@ class TaskEval:
         return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "TaskEval":
+    def from_json(cls, text: str) -> TaskEval:
         return cls.from_dict(json.loads(text))
 
 
@@ -430,7 +431,7 @@ class Trivial:
                 "eval": self.eval.to_dict() if self.eval is not None else None}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Trivial":
+    def from_dict(cls, data: Mapping[str, Any]) -> Trivial:
         answer = data.get("answer")
         return cls(str(data["rule"]), tuple(answer) if isinstance(answer, list) else answer,
                    TaskEval.from_dict(data["eval"]) if data.get("eval") else None)
@@ -495,8 +496,8 @@ def is_degenerate(baseline: TaskEval, trivial: Trivial) -> bool:
     return trivial.value is not None and baseline.value.value <= trivial.value + 1e-12
 
 __all__ = [
-    "ExampleRecord",
     "MAE_EXPECTED",
+    "ExampleRecord",
     "TaskEval",
     "Trivial",
     "evaluate_many",

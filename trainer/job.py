@@ -42,8 +42,9 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -107,7 +108,7 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 # -- number types: YAML reads `3e-5` (no dot) as a string, and bool is an int -----------
 def _no_bool(value: Any) -> Any:
     if isinstance(value, bool):
-        raise ValueError("must be a number, not true/false")
+        raise ValueError("must be a number, not true/false")  # noqa: TRY004 - pydantic reports ValueError as a field error, TypeError not
     return value
 
 
@@ -370,9 +371,8 @@ def _check_rules(spec: JobSpec) -> None:
         if spec.stage0.steps is not None and _set(spec.stage0, "epochs"):
             raise ValidationError("stage0.steps", "give stage0.epochs or stage0.steps, not both", spec.stage0.steps)
     lora = spec.lora_settings
-    if lora is not None and isinstance(lora.target_modules, list):
-        if not lora.target_modules:
-            raise ValidationError("lora.target_modules", "must name at least one module (or be all-linear)", lora.target_modules)
+    if lora is not None and isinstance(lora.target_modules, list) and not lora.target_modules:
+        raise ValidationError("lora.target_modules", "must name at least one module (or be all-linear)", lora.target_modules)
     if spec.training.micro_batch * spec.training.grad_accum > 4096:
         raise ValidationError("training.micro_batch", "micro_batch x grad_accum must be at most 4096 examples per step", spec.examples_per_step)
 

@@ -34,21 +34,21 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 from mtserve.checkpoints import checkpoint_dir, read_manifest
 from mtserve.config import Settings, load_settings
 from mtserve.errors import NotFoundError, ValidationError
-from mtserve.prompt import PromptRenderer
-from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
-from trainer import checkpoint as ck
 from mtserve.models import resolve_dtype
 from mtserve.precision import autocast_dtype, probe_description, resolve_precision
-from mtserve.prompt import PROMPT_FORMAT
+from mtserve.prompt import PROMPT_FORMAT, PromptRenderer
+from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
+from trainer import checkpoint as ck
 from trainer.data import DEV_SELECTION, DevSelection, Example, SplitData, check_no_bad_lines, load_task_data, sample_dev
 from trainer.evaluate import TaskEval, Trivial, evaluate_many, is_degenerate, trivial_baseline
 from trainer.job import JobSpec, default_lr
@@ -642,7 +642,7 @@ def _write_curves(folder: Path) -> None:
 
     try:
         write_tensorboard(read_events(folder / EVENTS), folder / "tensorboard")
-    except Exception as exc:  # the run's result is written already; curves are a view of it
+    except Exception as exc:  # noqa: BLE001 - the run's result is written already; curves are a view of it
         log.warning("could not write TensorBoard files for %s: %s", folder.name, exc)
 
 
@@ -662,7 +662,7 @@ class _maybe_lock:
         if self.cm is not None:
             self.cm.__enter__()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.cm is not None:
             self.cm.__exit__(*exc)
 
@@ -1064,7 +1064,7 @@ def write_job_report(
         try:
             path = plot_task_curve(folder / f"{name}.png", name, row["metric"] or "", curves, lines=levels,
                                    title=f"{name}: dev {row['metric']} ({ctx.spec.name})")
-        except Exception as exc:  # a plot is a view of the result, never its cause of failure
+        except Exception as exc:  # noqa: BLE001 - a plot is a view of the result, never its cause of failure
             log.warning("could not plot %s: %s", name, exc)
             path = None
         verdict = row.get("verdict") or ("degenerate baseline" if row.get("degenerate_baseline") else "-")
@@ -1098,7 +1098,7 @@ def _table(ctx: Context, baselines: Mapping[str, dict[str, Any]], groups: Sequen
         return ""
     try:
         return build_table1(runs, title=f"Job {ctx.spec.name}: {ctx.spec.method} (dev)").to_markdown()
-    except Exception as exc:  # the table is a convenience; the rows above are the result
+    except Exception as exc:  # noqa: BLE001 - the table is a convenience; the rows above are the result
         log.warning("could not build the table: %s", exc)
         return ""
 

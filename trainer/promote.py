@@ -21,19 +21,20 @@ A task moves only when
 
 Everything else stays, and the report says why (the verdict, the ratio with
 its 95% interval, or the registry's objection). The registry is any object
-with the methods of `services.registry.client.RegistryClient` used below
+with the methods of `mtserve_api.registry.RegistryClient` used below
 (`RegistryStore` has them too); this module imports no gRPC.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from mtserve.errors import MtserveError, NotFoundError, PreconditionError, UnavailableError
+from mtserve.records import CheckpointRecord, Route, RouteChange, RouteUpdate, TaskRecord, TaskStatus
 from mtserve.tasks import Task
-from services.common.records import CheckpointRecord, Route, RouteChange, RouteUpdate, TaskRecord, TaskStatus
 
 MOVED = "moved"  # the route now names the job's checkpoint
 ALREADY = "already routed"  # it did before (a job promoted twice, say)
@@ -236,6 +237,27 @@ def check_registry(registry: Registry, address: str, tasks: Sequence[Task] = (),
                 "it will not be promoted unless that version is registered before the job ends"
             )
     return {"event": "registry_checked", "registry": address, "revision": revision, "warnings": warnings}
+
+
+# The probe must answer quickly; registering a job's checkpoints hashes every
+# file of each on the registry's side, hence the long timeout of the client
+# kept for the end of the job.
+CHECK_TIMEOUT_SECONDS = 10.0
+REGISTER_TIMEOUT_SECONDS = 600.0
+
+
+def connect_registry(spec: Any, address: str, *, promote: bool) -> tuple[Any, dict[str, Any]]:
+    """Before training a job that registers (or promotes): the registry at
+    `address` answers and knows the job's tasks (`check_registry`). Returns a
+    client for the end of the job and the check's event. The gRPC client is
+    imported here, so this module stays importable without grpc."""
+    from mtserve_api.registry import RegistryClient
+    from trainer.pipeline import resolve_catalogue, resolve_tasks
+
+    tasks = resolve_tasks(spec, resolve_catalogue(spec))
+    with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:
+        event = check_registry(probe, address, tasks, what="--promote" if promote else "--register")
+    return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), event
 
 
 def register_and_promote(result: Mapping[str, Any], registry: Registry, *, promote: bool, address: str = "") -> PromotionReport:

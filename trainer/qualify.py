@@ -26,9 +26,10 @@ undefined ("-") when no task qualifies.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class Qualification:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Qualification":
+    def from_dict(cls, data: Mapping[str, Any]) -> Qualification:
         values = dict(data)
         values["verdict"] = Verdict(values["verdict"])
         for key in ("ratio", "ratio_low", "ratio_high"):

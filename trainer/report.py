@@ -23,8 +23,9 @@ runs).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class RunResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "RunResult":
+    def from_dict(cls, data: Mapping[str, Any]) -> RunResult:
         return cls(
             method=str(data["method"]),
             group=str(data["group"]),

@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from mtserve.errors import PreconditionError
 from trainer.checkpoint import clear_train_state, read_json, read_state_meta, write_json
@@ -54,7 +55,7 @@ class EventLog:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
-    def child(self, path: Path | None, **fields: Any) -> "EventLog":
+    def child(self, path: Path | None, **fields: Any) -> EventLog:
         """A log for a sub-run: writes its own file and forwards to this one."""
         return EventLog(path, self, **fields)
 

@@ -22,7 +22,8 @@ import bisect
 import math
 import numbers
 import random
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from mtserve.errors import ValidationError
 

@@ -17,9 +17,10 @@ grid only trains the new points.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from mtserve.config import Settings
 from trainer.job import JobSpec, parse_job

@@ -49,9 +49,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -308,7 +309,9 @@ def reference_answer_loss(model: Any, batch: MicroBatch) -> torch.Tensor:
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup_ratio: float) -> float:
-    """Linear warmup then linear decay (see the module docstring); step is 0-based."""
+    """Linear warmup then linear decay (see the module docstring); step is 0-based.
+    Kept by hand: transformers' get_linear_schedule_with_warmup starts at lr 0
+    and ends at 0 (two wasted steps), and every stored run's plan means this one."""
     warm = min(math.ceil(warmup_ratio * total), max(total - 1, 0))
     if step < warm:
         return base_lr * (step + 1) / warm
@@ -501,9 +504,8 @@ class Trainer:
                 history, best, tokens_total, steps_total = out
                 state = None
             self.model.train(False)
-            if best is not None and best.get("weights") not in (None, "last"):
-                if best["weights"] != "base":
-                    ck.load_weights(self.model, self.run_dir / "best" / best["weights"])
+            if best is not None and best.get("weights") not in (None, "last") and best["weights"] != "base":
+                ck.load_weights(self.model, self.run_dir / "best" / best["weights"])
         finally:
             torch.use_deterministic_algorithms(deterministic)
         return TrainOutcome(

@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -224,7 +225,7 @@ class Service:
         """Run once the server has stopped (release models, close the database)."""
         self._on_stopped.append(callback)
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         self.server.start()
         for callback in self._on_start:
             callback()

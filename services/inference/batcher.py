@@ -20,9 +20,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from mtserve.engine import Request
 from mtserve.errors import OverloadedError, UnavailableError

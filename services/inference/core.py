@@ -19,20 +19,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mtserve.checkpoints import manifest_sha256
 from mtserve.engine import Engine, Prediction, Request
 from mtserve.errors import IntegrityError, MtserveError, NotFoundError, PreconditionError, UnavailableError, ValidationError
 from mtserve.inputs import Input, check_task_accepts
-from mtserve.tasks import Task, TruncationPolicy, check_name
-from services.common.records import (
-    Answer,
+from mtserve.predictions import Answer, Timing
+from mtserve.records import (
     CheckpointInfo,
     CheckpointRecord,
     PolicyRecord,
@@ -42,9 +42,9 @@ from services.common.records import (
     TaskInfo,
     TaskRecord,
     TaskStatus,
-    Timing,
 )
-from services.inference.batcher import BatchResult, Batcher
+from mtserve.tasks import Task, TruncationPolicy, check_name
+from services.inference.batcher import Batcher, BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Serving:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class InferenceCore:
@@ -108,9 +108,9 @@ class InferenceCore:
         loader: Loader | None = None,
     ):
         self.device, self.dtype = device, dtype
-        self.batch_options = dict(
-            max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_wait_ms=max_wait_ms, queue_size=queue_size
-        )
+        self.batch_options = {
+            "max_batch_tokens": max_batch_tokens, "max_batch_requests": max_batch_requests, "max_wait_ms": max_wait_ms, "queue_size": queue_size
+        }
         self.loader = loader or self._load
         self._serving: Serving | None = None
         self._failed: dict[str, tuple[CheckpointRecord, float, str]] = {}  # id -> (record, when, why)
@@ -121,7 +121,7 @@ class InferenceCore:
         self._listeners: list[Callable[[Serving], None]] = []
 
     @classmethod
-    def from_settings(cls, settings: Any, loader: Loader | None = None) -> "InferenceCore":
+    def from_settings(cls, settings: Any, loader: Loader | None = None) -> InferenceCore:
         s = settings.inference
         return cls(
             device=settings.device,

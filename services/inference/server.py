@@ -9,9 +9,9 @@ import logging
 from typing import Any
 
 from mtserve.config import Settings, load_settings
-from mtserve.v1 import inference_pb2 as ipb
-from mtserve.v1 import inference_pb2_grpc as ipb_grpc
-from services.common import convert
+from mtserve_api import convert
+from mtserve_api.v1 import inference_pb2 as ipb
+from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 from services.common.server import Service
 from services.inference.core import InferenceCore, Loader
 from services.inference.watcher import RegistryWatcher

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from mtserve.errors import ValidationError
-from services.common.records import RegistryState
+from mtserve.records import RegistryState
 
 log = logging.getLogger(__name__)
 

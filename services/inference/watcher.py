@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mtserve.errors import MtserveError
-from services.common.records import RegistryState
+from mtserve.records import RegistryState
 from services.inference.core import InferenceCore
 from services.inference.state import load_state, save_state
 
@@ -46,11 +47,11 @@ class RegistryWatcher:
 
     @staticmethod
     def _client(address: str) -> Any:
-        from services.registry.client import RegistryClient
+        from mtserve_api.registry import RegistryClient
 
         return RegistryClient(address, keepalive=True)
 
-    def start(self) -> "RegistryWatcher":
+    def start(self) -> RegistryWatcher:
         self._thread.start()
         return self
 
@@ -104,7 +105,7 @@ class RegistryWatcher:
                 except MtserveError as exc:
                     if not self._stop.is_set():
                         log.warning("registry watch at %s lost (%s); serving revision %s meanwhile", self.address, exc, self.state.revision if self.state else "none")
-                except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
+                except Exception:
                     log.exception("registry watch failed; reconnecting")
                 self.core.registry_connected = False
                 # Jitter spreads the reconnects of many replicas after a registry restart.

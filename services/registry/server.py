@@ -1,5 +1,5 @@
 """The registry's gRPC server: a thin servicer over RegistryStore. Each method
-turns the request into domain objects (services/common/convert.py), calls the
+turns the request into domain objects (mtserve_api/convert.py), calls the
 store, and turns the result back; errors are raised as domain errors and
 mapped to status codes by the interceptor (services/common/server.py)."""
 
@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from mtserve.config import Settings, load_settings
+from mtserve.records import PolicyRecord, TaskStatus
 from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
-from mtserve.v1 import registry_pb2 as rpb
-from mtserve.v1 import registry_pb2_grpc as rpb_grpc
-from services.common import convert
-from services.common.records import PolicyRecord, TaskStatus
+from mtserve_api import convert
+from mtserve_api.v1 import registry_pb2 as rpb
+from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.server import Service
 from services.registry.store import RegistryStore
 from services.registry.watch import watch_states

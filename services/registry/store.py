@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from sqlalchemy import Connection, Engine, select, update
 
 from mtserve import db
 from mtserve.checkpoints import MANIFEST, check_checkpoint_id, manifest_sha256, verify_checkpoint
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
-from mtserve.tasks import Channel, Task, Taxonomy, TruncationPolicy, check_name, parse_task
-from services.common.records import (
+from mtserve.records import (
     CheckpointRecord,
     PolicyRecord,
     Registered,
@@ -40,6 +39,7 @@ from services.common.records import (
     TaskRecord,
     TaskStatus,
 )
+from mtserve.tasks import Channel, Task, Taxonomy, TruncationPolicy, check_name, parse_task
 from services.registry import schema as t
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -47,7 +47,7 @@ _PG_MIGRATION_LOCK = 0x6D74_7376  # "mtsv": one replica migrates at a time
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def make_engine(url: str) -> Engine:
@@ -336,7 +336,7 @@ class RegistryStore:
                 task_name=change.task, task_version=version, checkpoint_id=change.checkpoint_id, created_at=tx.now, reason=reason, revision=tx.revision
             )
         ).inserted_primary_key[0]
-        values = dict(task_version=version, checkpoint_id=change.checkpoint_id, history_id=history_id, updated_at=tx.now, reason=reason)
+        values = {"task_version": version, "checkpoint_id": change.checkpoint_id, "history_id": history_id, "updated_at": tx.now, "reason": reason}
         if current is None:
             conn.execute(t.routes.insert().values(task_name=change.task, **values))
         else:

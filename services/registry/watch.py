@@ -6,10 +6,10 @@ step by the watcher)."""
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from mtserve.errors import UnavailableError
-from services.common.records import RegistryState
+from mtserve.records import RegistryState
 from services.registry.store import RegistryStore
 
 

@@ -12,13 +12,14 @@ that is also the matching domain error (ValidationError, NotFoundError, ...).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
-from mtserve.v1 import trainer_pb2 as tpb
-from mtserve.v1 import trainer_pb2_grpc as tpb_grpc
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
+from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
+from mtserve_api.v1 import trainer_pb2 as tpb
+from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from services.trainer import convert
 from services.trainer.jobs import JobInfo, JobState
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from mtserve.errors import ValidationError
-from mtserve.v1 import trainer_pb2 as tpb
+from mtserve_api.v1 import trainer_pb2 as tpb
 from services.trainer.jobs import Attempt, JobInfo, JobState, Options, Progress
 
 _STATE_PREFIX = "JOB_STATE_"

@@ -29,11 +29,12 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
 from mtserve.tasks import NAME_RE
@@ -64,7 +65,7 @@ RESUMABLE = (JobState.INTERRUPTED, JobState.FAILED, JobState.CANCELLED)
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -91,7 +92,7 @@ class Attempt:
     outcome: str = ""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Attempt":
+    def from_dict(cls, data: Mapping[str, Any]) -> Attempt:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
 
 
@@ -118,7 +119,7 @@ class JobRecord:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "JobRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> JobRecord:
         return cls(
             id=data["id"], name=data["name"], state=JobState(data["state"]), created_at=data["created_at"],
             options=Options(**data.get("options", {})), updated_at=data.get("updated_at", ""), started_at=data.get("started_at", ""),
@@ -130,7 +131,7 @@ class JobRecord:
 
 
 def new_job_id(name: str) -> str:
-    return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{name}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def check_job_id(job_id: str, where: str = "id") -> str:
@@ -218,7 +219,7 @@ class JobStore:
     def append_event(self, job_id: str, event: Mapping[str, Any]) -> None:
         """A service event in the job's log: one write on an O_APPEND file, so
         it never tears a line of the job process (which appends too)."""
-        line = (json.dumps({"time": round(datetime.now(timezone.utc).timestamp(), 3), **event}, ensure_ascii=False, default=str) + "\n").encode()
+        line = (json.dumps({"time": round(datetime.now(UTC).timestamp(), 3), **event}, ensure_ascii=False, default=str) + "\n").encode()
         fd = os.open(self.events_path(job_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
@@ -368,6 +369,18 @@ def check_spec_files(spec: Any) -> None:
 
 
 __all__ = [
-    "Attempt", "EventReader", "JobInfo", "JobRecord", "JobState", "JobStore", "Options", "Progress", "RESUMABLE",
-    "check_job_id", "check_spec_files", "events_since", "new_job_id", "utcnow",
+    "RESUMABLE",
+    "Attempt",
+    "EventReader",
+    "JobInfo",
+    "JobRecord",
+    "JobState",
+    "JobStore",
+    "Options",
+    "Progress",
+    "check_job_id",
+    "check_spec_files",
+    "events_since",
+    "new_job_id",
+    "utcnow",
 ]

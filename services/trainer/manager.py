@@ -37,9 +37,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -146,7 +147,7 @@ class JobManager:
         self._opened = False
 
     # -- life ----------------------------------------------------------------------------
-    def open(self) -> "JobManager":
+    def open(self) -> JobManager:
         """Own the jobs folder (refused while another service does), load
         the records, and settle the jobs they say are running."""
         if self._opened:
@@ -159,7 +160,7 @@ class JobManager:
         self._opened = True
         return self
 
-    def start(self) -> "JobManager":
+    def start(self) -> JobManager:
         """Start the launcher thread (which starts queued jobs)."""
         self.open()
         self._thread = threading.Thread(target=self._loop, name="trainer-launcher", daemon=True)
@@ -204,14 +205,14 @@ class JobManager:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - the loop must survive anything one job does
+            except Exception:
                 log.exception("trainer launcher tick failed")
             with self.changed:
                 self.changed.wait(self.poll_seconds)
         # Final reaping: processes that ended while we were stopping.
         try:
             self._tick(launch=False)
-        except Exception:  # noqa: BLE001  # pragma: no cover
+        except Exception:  # pragma: no cover
             log.exception("trainer launcher final tick failed")
 
     def _tick(self, launch: bool = True) -> None:

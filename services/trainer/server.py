@@ -8,12 +8,13 @@ wrong state or an unreachable registry FAILED_PRECONDITION."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from mtserve.config import Settings, load_settings
 from mtserve.errors import PreconditionError, UnavailableError
-from mtserve.v1 import trainer_pb2 as tpb
-from mtserve.v1 import trainer_pb2_grpc as tpb_grpc
+from mtserve_api.v1 import trainer_pb2 as tpb
+from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from services.common.server import Service
 from services.trainer import convert
 from services.trainer.jobs import JobStore
@@ -64,7 +65,7 @@ def registry_check(timeout: float = REGISTRY_CHECK_SECONDS) -> Any:
     answer: hours of training would end in a failed promotion."""
 
     def check(address: str) -> None:
-        from services.registry.client import RegistryClient
+        from mtserve_api.registry import RegistryClient
 
         try:
             with RegistryClient(address, timeout=timeout) as client:

@@ -1,5 +1,5 @@
 """Fixtures for the batch tests: a real Redis (the machine's, or one a test
-starts itself), real worker subprocesses (`python -m mtserve worker`, i.e.
+starts itself), real worker subprocesses (`python -m mtserve_cli worker`, i.e.
 `celery -A batch.celery_app worker` underneath), and results stores on SQLite
 and PostgreSQL.
 
@@ -19,16 +19,16 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from mtserve.config import Settings, load_settings
 
 MACHINE_REDIS = "redis://127.0.0.1:6379/13"  # a DB number of its own; keys are prefixed per test anyway
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -61,15 +61,15 @@ def free_port() -> int:
 
 # -- worker subprocesses ------------------------------------------------------------------
 class WorkerProc:
-    """`python -m mtserve worker` in its own process group (it execs celery,
+    """`python -m mtserve_cli worker` in its own process group (it execs celery,
     which forks its pool processes; killing the group kills them all)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str):
         self.log_path = log_path
         self.name = name
-        self._log = open(log_path, "ab")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - the worker writes it for its whole life; closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtserve", "worker", "--loglevel", "info", "--hostname", f"{name}@%h"],
+            [sys.executable, "-m", "mtserve_cli", "worker", "--loglevel", "info", "--hostname", f"{name}@%h"],
             env=env,
             cwd=str(REPO),
             stdout=self._log,
@@ -84,7 +84,7 @@ class WorkerProc:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def wait_ready(self, timeout: float = 180.0) -> "WorkerProc":
+    def wait_ready(self, timeout: float = 180.0) -> WorkerProc:
         """Until a pool process has built its scorer (batch.worker logs it)."""
 
         def ready() -> bool:
@@ -145,13 +145,12 @@ class BatchEnv:
 
     def cli(self, *args: str, timeout: float = 300.0, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         out = subprocess.run(
-            [sys.executable, "-m", "mtserve", *args],
+            [sys.executable, "-m", "mtserve_cli", *args],
             env={**self.env, **(env or {})},
             cwd=str(REPO),
             capture_output=True,
             text=True,
-            timeout=timeout,
-        )
+            timeout=timeout, check=False)
         if check and out.returncode != 0:
             raise AssertionError(f"mtserve {' '.join(args)} exited {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}")
         return out
@@ -171,7 +170,7 @@ class BatchEnv:
             keys = list(r.scan_iter(match=f"{self.key_prefix}*", count=1000))
             if keys:
                 r.delete(*keys)
-        except Exception:  # noqa: BLE001 - a test's own Redis may be gone already
+        except Exception:  # noqa: BLE001,S110 - a test's own Redis may be gone already
             pass
 
 
@@ -268,7 +267,7 @@ class OwnRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "OwnRedis":
+    def start(self) -> OwnRedis:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed"
         self.proc = subprocess.Popen(
@@ -306,33 +305,3 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
         yield server
     finally:
         server.stop()
-
-
-# -- PostgreSQL ----------------------------------------------------------------------------------
-def postgres_problem() -> str | None:
-    try:
-        import psycopg
-
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
-            return None
-    except Exception as exc:  # noqa: BLE001
-        return str(exc).strip()
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A schema of its own in the `test` database (search_path set in the
-    URL), dropped with everything in it afterwards."""
-    problem = postgres_problem()
-    if problem:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is unreachable ({problem})")
-    import psycopg
-
-    schema = f"mtserve_batch_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

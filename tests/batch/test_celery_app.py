@@ -4,8 +4,9 @@ in-process with `apply`; the real-worker behaviour is tested end to end)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def test_inconsistent_limits_fail_at_start(overrides: dict[str, Any], message: s
 
 
 def test_worker_command_line() -> None:
-    from mtserve.cli.batch import worker_argv
+    from mtserve_cli.batch import worker_argv
 
     s = load_settings(overrides={"batch.scorer": "local", "batch.queue": "nightly"}, env={})
     argv = worker_argv(s, concurrency=None, pool="prefork", loglevel="info", hostname="w1@%h")
@@ -90,12 +91,15 @@ class Flaky:
         return "fake"
 
     def score(self, items: Sequence[Item]) -> Any:
-        from batch.scoring import Answer
+        from mtserve.predictions import Answer, LabelScore, Prediction
 
         self.calls += 1
         if self.calls <= self.failures:
             raise UnavailableError("inference at 127.0.0.1:1: UNAVAILABLE: connection refused")
-        return [[Answer(r.name, r.version, r.checkpoint, "a", ("a",), {"a": 1.0}) for r in refs] for _, refs in items]
+        return [
+            [Answer(Prediction(r.name, r.version, "a", ("a",), (LabelScore("a", 1.0),)), r.checkpoint) for r in refs]
+            for _, refs in items
+        ]
 
     def close(self) -> None:
         pass
@@ -156,7 +160,10 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 
     for retries, cap in ((0, 60), (3, 60), (10, 60)):
         want = min(cap, 2**retries)
-        assert all(0.5 * want <= backoff(retries, cap) <= want for _ in range(50))
+        draws = [backoff(retries, cap) for _ in range(400)]
+        assert all(0 <= d <= want for d in draws)
+        assert len(set(draws)) > 1  # jittered: not one fixed delay
+        assert max(draws) > want / 2  # and grows with the retries up to the cap
 
 
 def test_the_parent_process_builds_no_scorer() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mtserve.cli import main
+from mtserve_cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

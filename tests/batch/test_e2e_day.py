@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
@@ -68,7 +69,7 @@ def stored_pairs(env: Any, date: str) -> Counter:
 
 
 def test_a_day_is_scored_end_to_end(env: Any, day: tuple[SynthDay, Path], first: dict) -> None:
-    d, logs = day
+    d, _logs = day
     assert first["status"] == "finished", first
     report = first["report"]
     # Every valid conversation has exactly one result per applicable task, and nothing else.
@@ -86,7 +87,7 @@ def test_a_day_is_scored_end_to_end(env: Any, day: tuple[SynthDay, Path], first:
     # Every applicable task is in the report, with its checkpoint and figures.
     tasks = {t.name for c in (Channel.CALL, Channel.IM) for t in applicable(CATALOGUE.tasks, c, None)}
     assert set(report["tasks"]) == tasks
-    for name, t in report["tasks"].items():
+    for t in report["tasks"].values():
         assert t["checkpoints"] == {"tiny-llama@v0": t["count"]}
         if t["taxonomy"] == "binary":
             assert 0.0 <= t["positive_rate"] <= 1.0

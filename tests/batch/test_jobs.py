@@ -9,8 +9,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
@@ -21,12 +22,13 @@ from batch.local_scorer import LocalScorer
 from batch.logs import LogRecord, read_chunk
 from batch.report import build_report, render_markdown
 from batch.routing import applicable, check_selection
-from batch.scoring import Answer, Item, TaskError
+from batch.scoring import Item, TaskError
 from batch.store import ChunkState, Job, ResultRow, ResultStore
 from batch.synth import generate_day, write_day
 from mtserve.config import Settings, load_settings
 from mtserve.engine import Engine, Request
 from mtserve.errors import PreconditionError, ValidationError
+from mtserve.predictions import Answer
 from mtserve.tasks import Channel, InputKind, builtin_catalogue_path, load_catalogue
 
 DATE = "2024-05-01"
@@ -66,7 +68,7 @@ class Counting:
         self.asked += sum(len(refs) for _, refs in items)
         out = self.inner.score(items)
         if self.fail_task:
-            out = [[TaskError(a.task, ValidationError("x", "refused on purpose")) if a.task == self.fail_task else a for a in per] for per in out]
+            out = [[TaskError(a.prediction.task, ValidationError("x", "refused on purpose")) if a.prediction.task == self.fail_task else a for a in per] for per in out]
         return out
 
     def close(self) -> None:
@@ -117,7 +119,7 @@ def run_all(store: ResultStore, scorer: Any, job_id: str) -> list[jobs.ChunkOutc
 
 # -- submit and one chunk ------------------------------------------------------------------------
 def test_submit_plans_records_and_sends(settings: Settings, store: ResultStore, day: Any) -> None:
-    d, logs = day
+    _d, logs = day
     job, rec = submit(settings, store, logs)
     assert job.records == 11 and job.rejects == 3 and job.n_chunks == 3
     assert sum(job.rejects_by_reason.values()) == 3

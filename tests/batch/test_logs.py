@@ -294,7 +294,7 @@ def test_parquet_with_struct_metadata_and_timestamp_column(tmp_path: Path) -> No
         {
             "conversation_id": ["c1"],
             "channel": ["im"],
-            "started_at": pa.array([dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.timezone.utc)], pa.timestamp("s", tz="UTC")),
+            "started_at": pa.array([dt.datetime(2024, 5, 1, 9, 0, tzinfo=dt.UTC)], pa.timestamp("s", tz="UTC")),
             "turns": [[{"speaker": "customer", "text": "hi", "timestamp": None}]],
             "metadata": [{"synthetic": True}],
         }

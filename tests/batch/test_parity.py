@@ -8,8 +8,9 @@ input, and what the in-worker engine (scorer local) answers too."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,10 @@ DATE = "2024-09-01"
 
 @pytest.fixture
 def stack(tmp_path: Path, hotel: Any, tiny_llama_dir: Path, wait_for: Callable[..., Any]) -> Iterator[dict[str, Any]]:
-    from services.common.records import RouteChange
-    from services.inference.client import InferenceClient
+    from mtserve.records import RouteChange
+    from mtserve_api.inference import InferenceClient
+    from mtserve_api.registry import RegistryClient
     from services.inference.server import create_server as inference_server
-    from services.registry.client import RegistryClient
     from services.registry.server import create_server as registry_server
 
     settings = load_settings(

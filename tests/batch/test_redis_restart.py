@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from batch.routing import applicable
 from batch.synth import generate_day, write_day

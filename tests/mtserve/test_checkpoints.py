@@ -74,17 +74,15 @@ def test_bad_manifest_fields(tmp_path):
 
 def test_staging_dir_is_atomic_and_immutable(tmp_path):
     final = tmp_path / "root" / "ck"
-    with pytest.raises(RuntimeError):
-        with staging_dir(final) as tmp:
-            (tmp / "half").write_text("x")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), staging_dir(final) as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("crash mid-write")
     assert not final.exists() and list((tmp_path / "root").iterdir()) == []
     with staging_dir(final) as tmp:
         (tmp / "f").write_text("x")
     assert (final / "f").exists()
-    with pytest.raises(IntegrityError, match="already exists"):
-        with staging_dir(final) as tmp:
-            pass
+    with pytest.raises(IntegrityError, match="already exists"), staging_dir(final) as tmp:
+        pass
 
 
 def test_list_checkpoints_skips_non_checkpoints(tmp_path):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtserve.cli import main
 from mtserve.tasks import builtin_catalogue_path
+from mtserve_cli import main
 
 SAMPLES = Path(__file__).resolve().parents[2] / "mtserve" / "samples"
 
@@ -59,7 +59,7 @@ def test_named_task_and_text(capsys, tiny_llama_dir):
     (["-t", "ec"], "--text: give --text"),
 ])
 def test_bad_input_is_one_line(capsys, tiny_llama_dir, args, message):
-    code, out, err = run(capsys, "classify", "--model", str(tiny_llama_dir), *args)
+    code, _out, err = run(capsys, "classify", "--model", str(tiny_llama_dir), *args)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
@@ -101,8 +101,8 @@ def test_a_plain_hugging_face_folder_is_accepted_by_path(capsys, tiny_llama_dir,
 
 
 def test_real_process_prints_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mtserve", "classify", "-t", "nope", "--text", "hi"],
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "mtserve_cli", "classify", "-t", "nope", "--text", "hi"],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown task 'nope'; the catalogue 'hotel' has 18 tasks"
 
 
@@ -110,7 +110,7 @@ def test_the_demo_adapter_job_is_a_valid_job():
     """`mtserve demo --train` and anyone reproducing the shipped adapter read this file."""
     import yaml
 
-    from mtserve.cli.demo import ADAPTER_JOB
+    from mtserve_cli.demo import ADAPTER_JOB
     from trainer.job import parse_job
 
     spec = parse_job(yaml.safe_load(ADAPTER_JOB.read_text(encoding="utf-8")))

@@ -42,7 +42,7 @@ def test_labels_that_tokenize_identically_are_refused():
 def test_nfc_equivalent_verbalizers_collide_on_qwen2(qwen2_tok):
     # "café" precomposed and decomposed are different strings but the same
     # tokens after Qwen2's NFC normalization: indistinguishable, so refused.
-    enc = lambda s: qwen2_tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]  # noqa: E731
+    enc = lambda s: qwen2_tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     with pytest.raises(ValidationError, match="cannot be told apart"):
         LabelTrie.build(["a", "b"], ["caf\u00e9", "cafe\u0301"], enc, END)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mtserve.precision as precision
+from mtserve import precision
 from mtserve.errors import ValidationError
 from mtserve.precision import (
     AGREEMENT_MAX_PROB_DIFF,

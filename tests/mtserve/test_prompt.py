@@ -63,7 +63,7 @@ def test_customer_text_cannot_fake_special_tokens(renderers, hotel, tok_name):
     clean = renderer.render(hotel.task("rc-a"), conversation(["thanks"]))
     attacked = renderer.render(hotel.task("rc-a"), conversation([hostile]))
     special_ids = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>", "<|endoftext|>")}
-    count = lambda ids: sum(1 for i in ids if i in special_ids)  # noqa: E731
+    count = lambda ids: sum(1 for i in ids if i in special_ids)
     # The customer's strings add no special token: the prompt has exactly the
     # template's special tokens, in the same places relative to its end.
     assert count(attacked.prompt) == count(clean.prompt)
@@ -145,3 +145,19 @@ def test_multilabel_training_examples_ask_each_label(renderers, hotel):
 
 def test_marker_format():
     assert TRUNCATION_MARKER.format(n=3) == "[... 3 earlier turns omitted ...]"
+
+
+def test_a_dropped_renderer_is_freed_with_its_cached_task_segments(smollm2_tok, hotel):
+    """The inference service builds a new engine (and renderer) when the
+    truncation policy changes; the old one must not stay reachable through a
+    cache shared by the class."""
+    import gc
+    import weakref
+
+    renderer = PromptRenderer(smollm2_tok)
+    task = hotel.tasks[0]
+    assert renderer.suffix_ids(task) is renderer.suffix_ids(task)  # cached within the renderer
+    ref = weakref.ref(renderer)
+    del renderer
+    gc.collect()
+    assert ref() is None

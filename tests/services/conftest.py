@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +18,6 @@ from mtserve.inputs import Input, input_from_dict
 from mtserve.tasks import Catalogue
 
 SAMPLES = Path(__file__).resolve().parents[2] / "mtserve" / "samples"
-PG_ADMIN_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
 
 
 def sample(name: str) -> Input:
@@ -56,54 +55,14 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(overrides=base, env={})
 
 
-
-
-# -- PostgreSQL -----------------------------------------------------------------------------
-_pg_reason: str | None = None
-
-
-def pg_unavailable() -> str | None:
-    """Why PostgreSQL cannot be used (None when it can), checked once."""
-    global _pg_reason
-    if _pg_reason is None:
-        try:
-            import psycopg
-
-            with psycopg.connect("host=127.0.0.1 port=5432 user=root dbname=test", connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-            _pg_reason = ""
-        except Exception as exc:  # noqa: BLE001
-            _pg_reason = f"PostgreSQL on 127.0.0.1:5432 (database test, user root) is not reachable: {exc}"
-    return _pg_reason or None
-
-
-def pg_schema_url() -> Iterator[str]:
-    """A URL whose tables live in a fresh schema, dropped afterwards."""
-    reason = pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    from sqlalchemy import create_engine, text
-
-    schema = f"mtserve_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each registry-store test runs on a fresh SQLite file and on a fresh
-    PostgreSQL schema."""
+    PostgreSQL schema (tests/conftest.py's `postgres_url`)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'registry.db'}"
     else:
-        yield from pg_schema_url()
+        yield request.getfixturevalue("postgres_url")
 
 
 # -- running services ------------------------------------------------------------------------
@@ -119,14 +78,14 @@ class Stack:
     clients: list[Any] = field(default_factory=list)
 
     def registry_client(self, timeout: float = 30.0) -> Any:
-        from services.registry.client import RegistryClient
+        from mtserve_api.registry import RegistryClient
 
         client = RegistryClient(self.registry_address, timeout=timeout)
         self.clients.append(client)
         return client
 
     def inference_client(self, timeout: float = 60.0, **kw: Any) -> Any:
-        from services.inference.client import InferenceClient
+        from mtserve_api.inference import InferenceClient
 
         client = InferenceClient(self.inference_address, timeout=timeout, **kw)
         self.clients.append(client)
@@ -167,7 +126,7 @@ def start_stack(settings: Settings, hotel: Catalogue, checkpoints: list[Path], *
     """Registry with the hotel catalogue and the given checkpoints registered,
     every task routed to `route_to` (default: the first checkpoint), and an
     inference service synced to it."""
-    from services.common.records import RouteChange
+    from mtserve.records import RouteChange
 
     registry, address = start_registry(settings)
     stack = Stack(settings, registry, address)

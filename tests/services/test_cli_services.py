@@ -15,8 +15,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mtserve.cli import main
 from mtserve.tasks import builtin_catalogue_path
+from mtserve_cli import main
 
 from .conftest import SAMPLES, make_settings, start_stack, wait_for
 
@@ -112,7 +112,7 @@ def test_checkpoints_and_routes_commands(stack, capsys, tiny_llama_dir, tiny_qwe
 
 
 def test_an_unreachable_registry_is_one_clear_line(capsys):
-    code, out, err = run(capsys, "routes", "show", "--registry", "127.0.0.1:1")
+    code, _out, err = run(capsys, "routes", "show", "--registry", "127.0.0.1:1")
     assert code == 2 and err.startswith("error: registry at 127.0.0.1:1: UNAVAILABLE: ") and err.count("\n") == 1
 
 
@@ -122,7 +122,7 @@ class Server:
 
     def __init__(self, args: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtserve", "serve", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "mtserve_cli", "serve", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if "listening on" not in line:
@@ -137,7 +137,7 @@ class Server:
 
 
 def cli(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "mtserve", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "mtserve_cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, f"mtserve {' '.join(args)}: {out.stderr}"
     return out.stdout
 

@@ -35,7 +35,7 @@ def test_fifty_concurrent_clients_get_the_answers_they_would_get_alone(served):
     batches_before = batcher.batches
 
     def client_main(i: int) -> None:
-        from services.inference.client import InferenceClient
+        from mtserve_api.inference import InferenceClient
 
         try:
             with InferenceClient(served.inference_address, timeout=120) as client:

@@ -1,4 +1,4 @@
-"""protobuf <-> domain conversions (services/common/convert.py): lossless round
+"""protobuf <-> domain conversions (mtserve_api/convert.py): lossless round
 trips, and validation with the catalogue's own rules and messages."""
 
 from __future__ import annotations
@@ -9,10 +9,18 @@ import pytest
 
 from mtserve.engine import LabelScore, Prediction
 from mtserve.errors import ValidationError
+from mtserve.predictions import Answer, Timing
+from mtserve.records import (
+    CheckpointRecord,
+    PolicyRecord,
+    RegistryState,
+    Route,
+    TaskRecord,
+    TaskStatus,
+)
 from mtserve.tasks import TruncationPolicy
-from mtserve.v1 import common_pb2 as cpb
-from services.common import convert
-from services.common.records import Answer, CheckpointRecord, PolicyRecord, RegistryState, Route, TaskRecord, TaskStatus, Timing
+from mtserve_api import convert
+from mtserve_api.v1 import common_pb2 as cpb
 
 from .conftest import sample
 

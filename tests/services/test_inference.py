@@ -11,8 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mtserve.cli import main
 from mtserve.tasks import Channel, Taxonomy
+from mtserve_cli import main
 
 from .conftest import SAMPLES, classification_input, sample
 

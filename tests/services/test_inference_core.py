@@ -9,8 +9,8 @@ import pytest
 
 from mtserve.errors import NotFoundError, PreconditionError
 from mtserve.models import load_checkpoint
+from mtserve.records import CheckpointRecord, PolicyRecord, RegistryState, Route, TaskRecord, TaskStatus
 from mtserve.tasks import TruncationPolicy
-from services.common.records import CheckpointRecord, PolicyRecord, RegistryState, Route, TaskRecord, TaskStatus
 from services.inference.core import InferenceCore
 from services.inference.state import load_state, save_state
 

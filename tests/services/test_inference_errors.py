@@ -9,12 +9,12 @@ import grpc
 import pytest
 
 from mtserve.checkpoints import write_manifest
+from mtserve.records import RouteChange
 from mtserve.tasks import parse_task
-from mtserve.v1 import common_pb2 as cpb
-from mtserve.v1 import inference_pb2 as ipb
-from mtserve.v1 import inference_pb2_grpc as ipb_grpc
-from services.common import convert
-from services.common.records import RouteChange
+from mtserve_api import convert
+from mtserve_api.v1 import common_pb2 as cpb
+from mtserve_api.v1 import inference_pb2 as ipb
+from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 
 from .conftest import make_settings, sample, start_stack, wait_for
 
@@ -139,7 +139,7 @@ def test_no_route_unloadable_checkpoint_and_retired_task(stack, stub, tiny_llama
     assert details.startswith("task 'fresh' is routed to checkpoint 'broken-ckpt', which could not be loaded: IntegrityError: ")
     assert "model.safetensors has sha256" in details
     info = stub.ModelInfo(ipb.ModelInfoRequest(), timeout=10)
-    broken_info = [c for c in info.checkpoints if c.id == "broken-ckpt"][0]
+    broken_info = next(c for c in info.checkpoints if c.id == "broken-ckpt")
     assert not broken_info.loaded and "model.safetensors" in broken_info.error
     assert stub.Classify(ipb.ClassifyRequest(task="rtc", input=review), timeout=30).prediction.checkpoint_id == "tiny-llama"  # the rest serves on
 

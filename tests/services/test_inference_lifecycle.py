@@ -13,9 +13,9 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.models import load_checkpoint
-from mtserve.v1 import inference_pb2 as ipb
-from mtserve.v1 import inference_pb2_grpc as ipb_grpc
-from services.common import convert
+from mtserve_api import convert
+from mtserve_api.v1 import inference_pb2 as ipb
+from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 
 from .conftest import make_settings, sample, start_stack, wait_for
 

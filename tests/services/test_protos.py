@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from services.gen_protos import PACKAGE, PROTO_DIR, ROOT, generate, include_args, proto_files
+from mtserve_api.gen_protos import PACKAGE, PROTO_DIR, ROOT, generate, include_args, proto_files
 
 
 def test_committed_stubs_match_a_fresh_generation(tmp_path: Path):
@@ -19,10 +17,10 @@ def test_committed_stubs_match_a_fresh_generation(tmp_path: Path):
     committed_dir = ROOT / PACKAGE
     committed = {p.name for p in committed_dir.glob("*.py*")}
     fresh = {p.name for p in generated}
-    assert committed == fresh, f"stub files differ: run `python -m services.gen_protos` ({sorted(committed ^ fresh)})"
+    assert committed == fresh, f"stub files differ: run `python -m mtserve_api.gen_protos` ({sorted(committed ^ fresh)})"
     for path in generated:
         assert (committed_dir / path.name).read_text() == path.read_text(), (
-            f"mtserve/v1/{path.name} is stale: run `python -m services.gen_protos` and commit the result"
+            f"mtserve_api/v1/{path.name} is stale: run `python -m mtserve_api.gen_protos` and commit the result"
         )
 
 
@@ -45,7 +43,7 @@ def test_every_rpc_message_field_and_enum_value_has_a_triple_slash_comment(tmp_p
     for file in _descriptor_set(tmp_path).file:
         comments = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
 
-        def check(path: tuple[int, ...], what: str) -> None:
+        def check(path: tuple[int, ...], what: str, comments: dict = comments, file: object = file) -> None:
             text = comments.get(path, "")
             # a `///` comment reaches the descriptor as a leading "/"
             if not text.strip().startswith("/") or len(text.strip()) < 5:
@@ -72,8 +70,8 @@ def test_every_rpc_message_field_and_enum_value_has_a_triple_slash_comment(tmp_p
 def test_protobuf_modules_import_protobuf_only():
     code = (
         "import sys\n"
-        "import mtserve.v1.common_pb2, mtserve.v1.registry_pb2, mtserve.v1.inference_pb2\n"
-        "import services.common.convert, services.common.records\n"
+        "import mtserve_api.v1.common_pb2, mtserve_api.v1.registry_pb2, mtserve_api.v1.inference_pb2\n"
+        "import mtserve_api.convert, mtserve.records\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'torch', 'transformers'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
@@ -84,7 +82,7 @@ def test_plain_python_layers_import_no_grpc():
     """Only servers, the interceptor and clients import grpc; the store, the
     batcher, the inference core and the conversions are plain Python."""
     plain = [
-        "services.common.records", "services.common.convert", "services.registry.store", "services.registry.watch",
+        "mtserve.records", "mtserve_api.convert", "services.registry.store", "services.registry.watch",
         "services.inference.batcher", "services.inference.core", "services.inference.state", "services.inference.watcher",
     ]
     code = (
@@ -94,9 +92,3 @@ def test_plain_python_layers_import_no_grpc():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
-
-
-@pytest.mark.parametrize("proto", ["common", "registry", "inference"])
-def test_protos_are_one_versioned_package(proto: str):
-    text = (PROTO_DIR / PACKAGE / f"{proto}.proto").read_text()
-    assert "package mtserve.v1;" in text and 'syntax = "proto3";' in text

@@ -14,10 +14,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from mtserve.errors import ValidationError
-from mtserve.v1 import registry_pb2 as rpb
-from mtserve.v1 import registry_pb2_grpc as rpb_grpc
-from services.common import convert
-from services.common.records import RouteChange
+from mtserve.records import RouteChange
+from mtserve_api import convert
+from mtserve_api.v1 import registry_pb2 as rpb
+from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.server import Service
 
 from .conftest import make_settings, start_registry
@@ -28,7 +28,7 @@ def registry(db_url, tmp_path, hotel, tiny_llama_dir, tiny_qwen_dir):
     """A registry on SQLite and on PostgreSQL, with the hotel catalogue and both tiny checkpoints."""
     settings = make_settings(tmp_path, **{"registry.database_url": db_url})
     service, address = start_registry(settings)
-    from services.registry.client import RegistryClient
+    from mtserve_api.registry import RegistryClient
 
     client = RegistryClient(address, timeout=20)
     client.apply_catalogue(hotel)
@@ -131,7 +131,7 @@ def test_watch_sends_a_snapshot_then_one_change_per_commit(registry, hotel):
         snapshot, state = next(events)
         assert snapshot and state.revision == service.store.revision()
         assert {r.name for r in state.tasks} == {t.name for t in hotel.tasks} and state.routes == ()
-        updates, revision = client.set_routes([RouteChange(t.name, "tiny-llama") for t in hotel.tasks], reason="promote")
+        _updates, revision = client.set_routes([RouteChange(t.name, "tiny-llama") for t in hotel.tasks], reason="promote")
         snapshot, change = next(events)
         # the whole promotion arrives as one change
         assert not snapshot and change.revision == revision and len(change.routes) == len(hotel.tasks) and change.tasks == ()

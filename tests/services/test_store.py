@@ -12,8 +12,8 @@ import threading
 import pytest
 
 from mtserve.errors import IntegrityError, NotFoundError, PreconditionError, ValidationError
+from mtserve.records import PolicyRecord, RouteChange, TaskStatus
 from mtserve.tasks import Channel, Taxonomy
-from services.common.records import PolicyRecord, RouteChange, TaskStatus
 from services.registry.store import RegistryStore, schema_revision
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from mtserve.cli import main
 from mtserve.inputs import Text
+from mtserve.records import RouteChange
 from mtserve.tasks import Channel, load_catalogue
-from services.common.records import RouteChange
-from services.registry.client import RegistryClient
+from mtserve_api.registry import RegistryClient
+from mtserve_cli import main
 from trainer.promote import register_and_promote
 from trainer.toy import PROMOTION_LABELS, write_promotion_job
 
@@ -171,7 +171,7 @@ def test_a_promotion_of_many_tasks_is_one_transaction(tmp_path, hotel, tiny_llam
                 target, folder = ("tiny-qwen", tiny_qwen_dir) if i % 2 == 0 else ("tiny-llama", tiny_llama_dir)
                 report = register_and_promote(result(target, folder), client, promote=True, address=stack.registry_address)
                 assert sorted(report.moved) == sorted(names)
-                wait_for(lambda: len(poller.tables) > 5 * (i + 1), "the poller to read a few tables")
+                wait_for(lambda i=i: len(poller.tables) > 5 * (i + 1), "the poller to read a few tables")
         tables = poller.close()
         sides = set()
         for _, table in tables:

@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from mtserve.checkpoints import read_manifest
-from mtserve.cli import main
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
-from mtserve.v1 import trainer_pb2 as tpb
-from mtserve.v1 import trainer_pb2_grpc as tpb_grpc
+from mtserve_api.v1 import trainer_pb2 as tpb
+from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
+from mtserve_cli import main
 from services.trainer.client import TrainerClient
 from services.trainer.jobs import JobState, JobStore
 from services.trainer.manager import pid_alive
@@ -37,8 +37,8 @@ from .conftest import make_settings, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 # Long enough to be caught mid-stage (a tiny-model step takes a few hundredths of a second).
-LONG = dict(baselines={"train": False}, max_steps=5000, mixture={"stage1_steps": 4, "stage2_steps": 4000},
-            training={"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 50})
+LONG = {"baselines": {"train": False}, "max_steps": 5000, "mixture": {"stage1_steps": 4, "stage2_steps": 4000},
+            "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 50}}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -138,7 +138,7 @@ def test_submit_watch_status_through_the_cli(trainer, tmp_path, tiny_llama_dir, 
     replay = [v for kind, v in client.watch_job(job_id) if kind == "event"]
     assert [e["seq"] for e in replay] == [e["seq"] for e in events]
     middle = events[len(events) // 2]["seq"]
-    assert [v["seq"] for kind, v in client.watch_job(job_id, from_seq=middle) if kind == "event"][0] == middle
+    assert next(v["seq"] for kind, v in client.watch_job(job_id, from_seq=middle) if kind == "event") == middle
     with grpc.insecure_channel(address) as channel:
         raw = [m.event for m in tpb_grpc.TrainerStub(channel).WatchJob(tpb.WatchJobRequest(id=job_id), timeout=30) if m.HasField("event")]
     first_step = next(m for m in raw if m.event == "step")
@@ -211,7 +211,7 @@ class ServiceProcess:
 
     def __init__(self, jobs_dir: Path, env: dict[str, str]):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtserve", "serve", "trainer", "--address", "127.0.0.1:0", "--jobs-dir", str(jobs_dir)],
+            [sys.executable, "-m", "mtserve_cli", "serve", "trainer", "--address", "127.0.0.1:0", "--jobs-dir", str(jobs_dir)],
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -222,8 +222,8 @@ class ServiceProcess:
 
 
 def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like_an_uninterrupted_run(tmp_path, tiny_llama_dir):
-    over = dict(baselines={"train": False}, max_steps=500, mixture={"stage1_steps": 4, "stage2_steps": 100},
-                training={"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4})
+    over = {"baselines": {"train": False}, "max_steps": 500, "mixture": {"stage1_steps": 4, "stage2_steps": 100},
+                "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4}}
     job = write_job(tmp_path / "job", tiny_llama_dir, **over)
     env = {**os.environ, **CHILD_ENV, "MTSERVE_HOME": str(tmp_path / "home"), "MTSERVE_TRAINER__POLL_SECONDS": "0.05"}
     jobs_dir = tmp_path / "jobs"

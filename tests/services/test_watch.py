@@ -11,8 +11,8 @@ import pytest
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import Text
+from mtserve.records import RouteChange
 from mtserve.tasks import Catalogue, Channel, InputKind, TruncationBudget, TruncationPolicy, parse_task
-from services.common.records import RouteChange
 from services.inference.state import load_state
 
 from .conftest import make_settings, sample, start_registry, start_stack, wait_for
@@ -119,7 +119,7 @@ def test_registry_outage_keeps_serving_and_recovers(stack, tmp_path):
     second.start()
     try:
         wait_for(second.core.ready.is_set, "the second replica to load the last-known-good state")
-        from services.inference.client import InferenceClient
+        from mtserve_api.inference import InferenceClient
 
         with InferenceClient(f"127.0.0.1:{port}", timeout=30) as other:
             info = other.model_info()
@@ -144,7 +144,7 @@ def test_registry_outage_keeps_serving_and_recovers(stack, tmp_path):
 def test_watchers_see_routes_set_through_another_registry_replica(stack, hotel):
     """Two registry processes on one database: a change committed through
     one reaches a watcher of the other by the revision poll."""
-    from services.registry.client import RegistryClient
+    from mtserve_api.registry import RegistryClient
 
     other, other_address = start_registry(stack.settings)
     try:

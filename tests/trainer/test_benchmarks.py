@@ -139,8 +139,7 @@ def test_rerun_gives_identical_bytes(small, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.benchmarks.build", "--out", str(again),
          "--max-train", str(SMALL), "--max-dev", str(SMALL), "--max-test", str(SMALL)],
-        cwd=root, env=env, capture_output=True, text=True, timeout=300,
-    )
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "news-sentiment" in proc.stdout and "next-utterance" in proc.stdout
     assert _all_files(again) == _all_files(small)

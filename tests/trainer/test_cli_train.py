@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from mtserve.checkpoints import read_manifest
-from mtserve.cli import main
 from mtserve.engine import Engine, Request
 from mtserve.inputs import Text
 from mtserve.models import load_checkpoint
 from mtserve.tasks import Channel, load_catalogue
+from mtserve_cli import main
 from trainer.job import parse_job
 from trainer.pipeline import run_job
 from trainer.runs import read_events
@@ -68,7 +68,7 @@ def test_train_run_two_task_toy_job_checkpoint_loads_and_scores(tmp_path, tiny_l
 
 
 def run_cli(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "mtserve"), *args], capture_output=True, text=True, env=cli_env(env_extra), timeout=300)
+    return subprocess.run([str(Path(sys.executable).parent / "mtserve"), *args], capture_output=True, text=True, env=cli_env(env_extra), timeout=300, check=False)
 
 
 def cli_env(extra: dict | None = None) -> dict:
@@ -101,8 +101,8 @@ def test_validate_prints_the_resolved_spec(tmp_path, tiny_llama_dir, capsys):
 
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_llama_dir):
-    over = dict(baselines={"train": False}, max_steps=500, mixture={"stage1_steps": 4, "stage2_steps": 60},
-                training={"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4})
+    over = {"baselines": {"train": False}, "max_steps": 500, "mixture": {"stage1_steps": 4, "stage2_steps": 60},
+                "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4}}
     job = write_job(tmp_path / "killed", tiny_llama_dir, **over)
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mtserve"), "train", "run", "-f", str(job), "-q"],
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -129,7 +129,7 @@ def test_single_label_task_refuses_a_list(hotel, tmp_path):
 
 
 def test_missing_label(hotel, tmp_path):
-    _, bad, path = load_one(hotel.task("ec"), tmp_path, GOOD, GOOD.replace("email", "email", 1), dumps({"text": "hi"}))
+    _, bad, _path = load_one(hotel.task("ec"), tmp_path, GOOD, GOOD.replace("email", "email", 1), dumps({"text": "hi"}))
     # line 2 duplicates line 1 (same content -> same hash id): also reported
     assert [b.line for b in bad] == [2, 3]
     assert "duplicate id" in bad[0].reason and "line 1" in bad[0].reason

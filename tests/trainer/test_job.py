@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtserve.errors import ValidationError
 import trainer.job as job_module
+from mtserve.errors import ValidationError
 from trainer.job import METHODS, default_lr, load_job, parse_job
 
 MINIMAL = {"name": "toy", "data_dir": "data"}

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-import trainer.pipeline as pipeline
 from mtserve.checkpoints import read_manifest, verify_checkpoint
 from mtserve.config import load_settings
 from mtserve.errors import PreconditionError, ValidationError
 from mtserve.precision import PROBE_ENV
+from trainer import pipeline
 from trainer.job import parse_job
 from trainer.pipeline import baseline_steps, group_tasks, plan_stages, run_job, saturation
 from trainer.sampling import instance_balanced, temperature_scaled_capped
 from trainer.toy import toy_job, write_toy_data
-
 
 # -- pure planning ----------------------------------------------------------------------
 
@@ -62,7 +61,7 @@ def spec_for(**over):
 def test_two_stage_plan_stage1_is_high_resource_instance_balanced():
     spec = spec_for(training={"micro_batch": 1, "grad_accum": 8}, mixture={"cap_k": 100, "tau": 2.0}, resources={"high": ["a", "b"]})
     sizes = {"a": 400, "b": 200, "c": 40, "d": 16}
-    stages, notes = plan_stages(spec, "two_stage", sizes, ["a", "b"], per_step=8, lr=3e-5)
+    stages, _notes = plan_stages(spec, "two_stage", sizes, ["a", "b"], per_step=8, lr=3e-5)
     assert [s.name for s in stages] == ["stage1", "stage2"]
     s1, s2 = stages
     assert s1.rates == instance_balanced({"a": 400, "b": 200}) and s1.strategy == "instance_balanced"
@@ -124,7 +123,7 @@ def toy_run(tmp_path_factory, tiny_llama_dir):
 
 
 def test_job_trains_baselines_then_groups(toy_run):
-    spec, result, events = toy_run
+    _spec, result, events = toy_run
     started = [e["run"] for e in events if e["event"] == "run_started"]
     assert [r.split("-")[0] + "-" + r.split("-")[1] for r in started] == ["st-sentiment", "st-topic", "st-headline", "mt-toy"]
     groups = {g["group"]: g for g in result.groups}
@@ -139,7 +138,7 @@ def test_job_trains_baselines_then_groups(toy_run):
 
 
 def test_high_resource_tasks_come_from_baseline_saturation(toy_run):
-    spec, result, events = toy_run
+    _spec, _result, events = toy_run
     resources = [e for e in events if e["event"] == "resources"]
     assert len(resources) == 1 and resources[0]["source"] == "baseline saturation"
     detail = resources[0]["detail"]
@@ -148,7 +147,7 @@ def test_high_resource_tasks_come_from_baseline_saturation(toy_run):
 
 
 def test_stage_order_stage1_only_high_resource_tasks(toy_run):
-    spec, result, events = toy_run
+    _spec, _result, events = toy_run
     high = next(e for e in events if e["event"] == "resources")["high"]
     mt = [e for e in events if e.get("run", "").startswith("mt-") and e["event"] == "stage_started"]
     cls_high = sorted(h for h in high if h in ("sentiment", "topic"))
@@ -163,7 +162,7 @@ def test_stage_order_stage1_only_high_resource_tasks(toy_run):
 
 
 def test_baselines_are_honestly_labelled(toy_run, tiny_llama_dir):
-    spec, result, events = toy_run
+    spec, result, _events = toy_run
     for r in result.rows:
         if r["baseline_selected"].startswith("zero-shot"):
             assert r["baseline_checkpoint"] == "tiny-llama"
@@ -176,7 +175,7 @@ def test_baselines_are_honestly_labelled(toy_run, tiny_llama_dir):
 
 
 def test_multi_task_manifest(toy_run, tiny_llama_dir):
-    spec, result, events = toy_run
+    _spec, result, _events = toy_run
     group = next(g for g in result.groups if g["group"] == "classification")
     manifest = verify_checkpoint(group["checkpoint"]["path"])
     assert manifest.kind == "full" and manifest.parent == "tiny-llama" and manifest.base["id"] == "tiny-llama"
@@ -212,7 +211,7 @@ def test_tables_assemble_from_finished_runs(toy_run):
     from trainer.report import build_table1
     from trainer.runs import RunStore, run_results
 
-    spec, result, _ = toy_run
+    spec, _result, _ = toy_run
     rows = run_results(RunStore(spec.runs_path).finished())
     keys = sorted({(r.method, r.group) for r in rows})
     assert ("two_stage", "classification") in keys and ("single_task", "topic") in keys and ("zero_shot", "topic") in keys
@@ -238,7 +237,7 @@ def test_interrupted_run_needs_resume_or_restart(tmp_path, tiny_llama_dir):
         run_job(spec)
     events: list[dict] = []
     result = run_job(spec, resume=True, emit=events.append)
-    assert [e for e in events if e["event"] == "resumed"][0]["stage"] == "stage2"
+    assert next(e for e in events if e["event"] == "resumed")["stage"] == "stage2"
     assert result.rows[0]["baseline"] is None and result.rows[0]["qualified"] is None  # no baselines: nothing to gate on
     fresh = run_job(make_job(tmp_path / "b", tiny_llama_dir, baselines={"train": False}, mixture={"stage1_steps": 2, "stage2_steps": 4}))
     a = read_manifest(result.checkpoints[0]).files["model.safetensors"]
@@ -278,7 +277,7 @@ def test_bad_lines_fail_by_default_and_can_be_reported(tmp_path, tiny_llama_dir)
     assert "train.jsonl:17" in str(info.value) and "train.jsonl:18" in str(info.value) and "on_bad_lines" in str(info.value)
     events: list[dict] = []
     result = run_job(parse_job({**spec.to_dict(), "on_bad_lines": "report"}, tmp_path), emit=events.append)
-    assert len(result.bad_lines) == 2 and [e for e in events if e["event"] == "bad_lines"][0]["count"] == 2
+    assert len(result.bad_lines) == 2 and next(e for e in events if e["event"] == "bad_lines")["count"] == 2
     manifest = read_manifest(result.checkpoints[0])
     assert manifest.training["data"]["topic"]["train"]["bad_lines"] == 2
 
@@ -374,8 +373,8 @@ def opened_run(spec, monkeypatch, kind: str = "st") -> tuple[str, dict]:
     return info.value.run_id, info.value.payload
 
 
-ST_JOB = dict(tasks=["sentiment"], method="single_task", mixture=None, resources=None, max_steps=12,
-              training={"precision": "fp32"}, baselines={"steps": 2}, eval={"every_steps": 2, "dev_cap": 4, "patience": 5})
+ST_JOB = {"tasks": ["sentiment"], "method": "single_task", "mixture": None, "resources": None, "max_steps": 12,
+              "training": {"precision": "fp32"}, "baselines": {"steps": 2}, "eval": {"every_steps": 2, "dev_cap": 4, "patience": 5}}
 
 
 def st_job(tmp: Path, base: Path, **over):
@@ -461,8 +460,8 @@ def test_the_key_holds_the_precision_auto_resolved_to(tmp_path, tiny_llama_dir, 
     assert payload["eval_dtype"] == "float32"  # a CPU serves in float32 either way
 
 
-MT_JOB = dict(tasks=["sentiment", "topic"], baselines={"train": False}, resources={"high": ["sentiment"]},
-              training={"precision": "fp32"}, eval={"dev_cap": 4})
+MT_JOB = {"tasks": ["sentiment", "topic"], "baselines": {"train": False}, "resources": {"high": ["sentiment"]},
+              "training": {"precision": "fp32"}, "eval": {"dev_cap": 4}}
 
 
 def test_multi_task_keys_hold_the_resolved_stages(tmp_path, tiny_llama_dir, monkeypatch):

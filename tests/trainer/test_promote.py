@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mtserve.errors import PreconditionError
+from mtserve.records import CheckpointRecord, Route, RouteChange, TaskRecord, TaskStatus
 from mtserve.tasks import load_catalogue
-from services.common.records import CheckpointRecord, Route, RouteChange, TaskRecord, TaskStatus
 from services.registry.store import RegistryStore
 from trainer.job import load_job
 from trainer.pipeline import run_job
@@ -117,7 +117,7 @@ def test_single_task_jobs_missing_baselines_manifests_and_existing_routes(promo_
 
 
 def test_an_unreachable_registry_is_refused_before_training():
-    from services.registry.client import RegistryClient
+    from mtserve_api.registry import RegistryClient
 
     with RegistryClient("127.0.0.1:1", timeout=5) as client, pytest.raises(PreconditionError) as info:
         check_registry(client, "127.0.0.1:1")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtserve.cli import app, main
+from mtserve_cli import app, main
 from trainer.job import LoraSpec, MixtureSpec, parse_job
 from trainer.pipeline import run_job
 from trainer.sweep import PointTask, SweepPoint, SweepResult, choose, point_spec, run_sweep
@@ -20,8 +20,8 @@ from trainer.toy import toy_job, write_toy_data
 def base_job(tmp: Path, base_model: Path | str = "tiny", **over) -> dict:
     """The toy two_stage job (mixture and resources set), one task, tiny settings."""
     write_toy_data(tmp, tasks=("sentiment", "topic"), train=16, dev=6)
-    settings = dict(tasks=["sentiment"], base_model=str(base_model), training={"precision": "fp32"},
-                    baselines={"steps": 2}, eval={"every_steps": 1, "dev_cap": 4})
+    settings = {"tasks": ["sentiment"], "base_model": str(base_model), "training": {"precision": "fp32"},
+                    "baselines": {"steps": 2}, "eval": {"every_steps": 1, "dev_cap": 4}}
     for key, value in over.items():
         settings[key] = {**settings[key], **value} if isinstance(value, dict) and isinstance(settings.get(key), dict) else value
     return toy_job(tmp, **settings)

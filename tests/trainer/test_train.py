@@ -3,6 +3,7 @@ batches, the schedule, determinism, best-checkpoint selection and resuming."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def test_lr_schedule_warmup_then_linear_decay():
     lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0]
     assert lrs[2] == 1.0 and lrs[-1] == pytest.approx(1 / 8)
-    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert all(a > b for a, b in itertools.pairwise(lrs))
     assert [lr_at(s, 4, 1.0, 0.0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     assert lr_at(0, 1, 1.0, 0.5) == 1.0  # a one-step stage trains
 
@@ -305,7 +306,7 @@ def test_resume_at_a_stage_boundary(tiny_llama_dir, toy_data, tmp_path):
 
 
 def test_trainer_precision_follows_the_probe(tiny_llama_dir, tmp_path, monkeypatch):
-    import mtserve.precision as precision
+    from mtserve import precision
 
     lm = fresh(tiny_llama_dir)
     monkeypatch.delenv(precision.PROBE_ENV, raising=False)
@@ -346,7 +347,7 @@ def patience_plan(steps: int, patience: int, *, select_best: bool = True) -> lis
 def test_patience_stops_a_stage_that_no_longer_improves(tiny_llama_dir, toy_data, tmp_path):
     events: list[dict] = []
     ev = Scripted([0.5] * 30)  # never better than the zero-shot evaluation
-    model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=ev, emit=events.append)
+    _model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=ev, emit=events.append)
     assert ev.calls == [("single", 0), ("single", 1), ("single", 2)]
     assert out.steps == 2 and out.stages[-1]["steps_done"] == 2
     assert out.stages[-1]["stopped_early"] == {"step": 2, "patience": 2, "best_step": 0}
@@ -405,7 +406,7 @@ def test_an_interrupted_stage_keeps_counting_patience_after_resume(tiny_llama_di
     ev = Scripted([0.6] * 30)
     events: list[dict] = []
     model, out = train(tiny_llama_dir, toy_data, tmp_path / "x", plan=plan, evaluator=ev, emit=events.append)
-    assert [e for e in events if e["event"] == "resumed"][0]["step"] == 2
+    assert next(e for e in events if e["event"] == "resumed")["step"] == 2
     assert ev.calls == [("single", 3), ("single", 4)]  # the evaluations before the crash still count
     assert out.stages[-1]["stopped_early"] == {"step": 4, "patience": 3, "best_step": 1}
     assert out.best["step"] == 1 and same(weights(model), weights(ref_model))

@@ -41,14 +41,14 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import check_task_accepts, input_from_dict
 from mtserve.tasks import Catalogue, Task, dump_catalogue, load_catalogue, parse_catalogue
-
 from trainer.benchmarks import bbc, chitchat, inews, shop
 from trainer.benchmarks.common import SPLITS, TaskData, label_counts, sha256_bytes
 

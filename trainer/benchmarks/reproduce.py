@@ -45,7 +45,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -160,8 +160,8 @@ def run_jobs(root: Path, names: list[str]) -> None:
     for name in names:
         started = time.monotonic()
         print(f"[reproduce] {datetime.now():%H:%M:%S} job {name}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "mtserve", "train", "run", "-f", str(root / "jobs" / f"{name}.yaml"),
-                               "--resume", "--json"], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "mtserve_cli", "train", "run", "-f", str(root / "jobs" / f"{name}.yaml"),
+                               "--resume", "--json"], capture_output=True, text=True, check=False)
         (root / "logs").mkdir(exist_ok=True)
         (root / "logs" / f"{name}.out.json").write_text(proc.stdout)
         (root / "logs" / f"{name}.err.txt").write_text(proc.stderr)
@@ -215,7 +215,7 @@ def _header(root: Path) -> str:
     sizes = ", ".join(f"{t} {n}" for t, n in TRAIN_SIZES.items())
     return (
         f"Command: `python -m trainer.benchmarks.reproduce --root {root}`  \n"
-        f"Tables assembled: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, on {platform.node()} "
+        f"Tables assembled: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {platform.node()} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, CPU float32)  \n"
         f"Model: SmolLM2-135M-Instruct (Q4_1 GGUF dequantized), full fine-tuning.  \n"
         f"Small setting: train sizes {sizes}; inputs cut to {BUDGET_TOKENS} tokens; dev = first {DEV_CAP} examples per task; "

@@ -3,8 +3,8 @@
 import grpc
 import warnings
 
-from mtserve.v1 import common_pb2 as mtserve_dot_v1_dot_common__pb2
-from mtserve.v1 import registry_pb2 as mtserve_dot_v1_dot_registry__pb2
+from mtserve_api.v1 import common_pb2 as mtserve_dot_v1_dot_common__pb2
+from mtserve_api.v1 import registry_pb2 as mtserve_dot_v1_dot_registry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

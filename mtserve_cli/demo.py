@@ -20,11 +20,10 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mtserve.cli import app, settings
+from mtserve_cli.root import app, settings
 
 DEMO_DATE = "2026-11-22"
 ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "hotel-synth-lora"
@@ -42,7 +41,7 @@ def _redis_ok(url: str) -> bool:
 
     try:
         return bool(redis.Redis.from_url(url, socket_timeout=2).ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means: no Redis there
         return False
 
 
@@ -59,10 +58,10 @@ class _Demo:
 
     def mtserve(self, *args: str, show: bool = True, capture: bool = False) -> str:
         """Run an mtserve command as a user would, printing it first."""
-        cmd = [sys.executable, "-m", "mtserve", *args]
+        cmd = [sys.executable, "-m", "mtserve_cli", *args]
         if show:
             self.console.print(f"[dim]$ mtserve {' '.join(args)}[/dim]")
-        proc = subprocess.run(cmd, env=self.env, text=True, capture_output=True)
+        proc = subprocess.run(cmd, env=self.env, text=True, capture_output=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"demo step failed: mtserve {' '.join(args)}\n{proc.stderr.strip()}")
         if not capture and proc.stdout.strip():
@@ -71,9 +70,9 @@ class _Demo:
         return proc.stdout
 
     def start(self, name: str, *args: str) -> None:
-        log = open(self.ws / f"{name}.log", "w")
+        log = open(self.ws / f"{name}.log", "w")  # noqa: SIM115 - the child process writes it; closed when the process ends
         self.console.print(f"[dim]$ mtserve {' '.join(args)} &   (log: {self.ws / (name + '.log')})[/dim]")
-        proc = subprocess.Popen([sys.executable, "-m", "mtserve", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "mtserve_cli", *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.procs.append((name, proc))
 
@@ -111,7 +110,7 @@ class _Demo:
         self.procs.clear()
 
 
-def _ensure_redis(demo: _Demo, url: str) -> Optional[subprocess.Popen]:
+def _ensure_redis(demo: _Demo, url: str) -> subprocess.Popen | None:
     """The broker: the configured Redis if it answers, else a private
     redis-server started for the demo, else a clear way out."""
     if _redis_ok(url):
@@ -142,7 +141,7 @@ def demo(
     n: int = typer.Option(50, "--n", help="Synthetic conversations in the day."),
     train: bool = typer.Option(False, "--train", help="Train a fresh multi-task LoRA adapter (minutes) instead of loading the shipped one."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Route every task to the untuned default model instead."),
-    workspace: Optional[Path] = typer.Option(None, "--workspace", help="Where the demo keeps its databases, logs and day (default: $MTSERVE_HOME/demo)."),
+    workspace: Path | None = typer.Option(None, "--workspace", help="Where the demo keeps its databases, logs and day (default: $MTSERVE_HOME/demo)."),
     verbose: bool = typer.Option(False, "--verbose"),
 ) -> None:
     """The whole story on the embedded default model: train/load, serve, classify, batch, report."""

@@ -1,15 +1,16 @@
 """Domain records of the registry: what it stores and what inference replicas
 follow. Plain dataclasses (no protobuf, no database): the store returns them,
-services/common/convert.py turns them into messages, and the inference side
+mtserve_api/convert.py turns them into messages, and the inference side
 keeps them, and writes them as its last-known-good JSON copy.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Mapping
+from typing import Any
 
 from mtserve.checkpoints import Manifest
 from mtserve.errors import ValidationError
@@ -47,7 +48,7 @@ class TaskRecord:
         return {"task": self.task.to_dict(), "status": self.status.value, "latest_version": self.latest_version, "created_at": self.created_at}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TaskRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskRecord:
         return cls(
             task=parse_task(data["task"]),
             status=TaskStatus(data["status"]),
@@ -81,7 +82,7 @@ class CheckpointRecord:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CheckpointRecord":
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckpointRecord:
         return cls(**{k: str(data[k]) for k in ("id", "path", "kind", "manifest_json", "manifest_sha256", "registered_at")})
 
 
@@ -97,7 +98,7 @@ class Route:
         return dict(self.__dict__)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Route":
+    def from_dict(cls, data: Mapping[str, Any]) -> Route:
         return cls(str(data["task"]), int(data["task_version"]), str(data["checkpoint_id"]), str(data.get("updated_at", "")), str(data.get("reason", "")))
 
 
@@ -164,7 +165,7 @@ class RegistryState:
         return {c.id: c for c in self.checkpoints}
 
     # -- snapshots and changes -----------------------------------------------------------
-    def changes_since(self, before: "RegistryState") -> "RegistryState | None":
+    def changes_since(self, before: RegistryState) -> RegistryState | None:
         """The upserts that turn `before` into self; None when nothing changed."""
         old_tasks, old_routes, old_cps = before.task_versions(), before.route_table(), before.checkpoint_table()
         tasks = tuple(r for r in self.tasks if old_tasks.get(r.key) != r)
@@ -175,7 +176,7 @@ class RegistryState:
             return None
         return RegistryState(revision=self.revision, tasks=tasks, routes=routes, checkpoints=cps, policy=policy)
 
-    def apply(self, change: "RegistryState") -> "RegistryState":
+    def apply(self, change: RegistryState) -> RegistryState:
         """This state with a watch change applied (upserts by key)."""
         tasks = self.task_versions() | {r.key: r for r in change.tasks}
         routes = self.route_table() | {r.task: r for r in change.routes}
@@ -200,7 +201,7 @@ class RegistryState:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "state") -> "RegistryState":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "state") -> RegistryState:
         try:
             truncation = data.get("truncation") or {}
             return cls(
@@ -214,22 +215,6 @@ class RegistryState:
             if isinstance(exc, ValidationError):
                 raise
             raise ValidationError(where, f"is not a registry state file ({type(exc).__name__}: {exc})", None, show_value=False) from None
-
-
-# -- what the inference service answers ---------------------------------------------------
-@dataclass(frozen=True)
-class Timing:
-    queue_ms: float = 0.0  # waiting for the batch
-    compute_ms: float = 0.0  # the batch's forward passes (shared by the whole batch)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A prediction with the checkpoint that answered it and the time it took."""
-
-    prediction: Any  # mtserve.engine.Prediction (not imported: it pulls in torch)
-    checkpoint_id: str
-    timing: Timing = Timing()
 
 
 # -- what an inference replica reports (ModelInfo) -----------------------------------

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from mtserve.cli import app
+from mtserve_cli.root import app
 
 logs_app = typer.Typer(help="Conversation logs: generate a SYNTHETIC day, check a day's folder.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
@@ -54,7 +53,7 @@ def synth_cmd(
 @logs_app.command("check")
 def check_cmd(
     folder: Path = typer.Argument(..., help="A day's log folder."),
-    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Also write the rejects (JSONL, with reasons) here."),
+    rejects: Path | None = typer.Option(None, "--rejects", help="Also write the rejects (JSONL, with reasons) here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Read a day's folder as the batch would: count valid records and rejects by reason."""

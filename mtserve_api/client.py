@@ -9,7 +9,8 @@ Clients always pass a deadline (`timeout=`) on every call.
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import grpc
 
@@ -143,7 +144,7 @@ class ServiceClient:
     def __enter__(self) -> Any:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:

@@ -11,15 +11,15 @@ domain error.
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from collections.abc import Sequence
 
 from mtserve.inputs import Input
-from mtserve.v1 import inference_pb2 as ipb
-from mtserve.v1 import inference_pb2_grpc as ipb_grpc
-from services.common import convert
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient
-from services.common.records import Answer, ServingInfo
+from mtserve.predictions import Answer
+from mtserve.records import ServingInfo
+from mtserve_api import convert
+from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient
+from mtserve_api.v1 import inference_pb2 as ipb
+from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 
 SERVICE = "mtserve.v1.Inference"
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from mtserve.cli import app, settings
+from mtserve_cli.root import app, settings
 
 tasks_app = typer.Typer(help="Task definitions in the registry (versioned).", no_args_is_help=True)
 routes_app = typer.Typer(help="Which checkpoint serves each task (with history and rollback).", no_args_is_help=True)
@@ -25,8 +25,8 @@ RegistryOption = typer.Option(None, "--registry", help="Registry address HOST:PO
 JsonOption = typer.Option(False, "--json", help="Print JSON.")
 
 
-def _client(address: Optional[str]) -> Any:
-    from services.registry.client import RegistryClient
+def _client(address: str | None) -> Any:
+    from mtserve_api.registry import RegistryClient
 
     s = settings()
     return RegistryClient(address or s.registry.address, timeout=s.registry.client_timeout_seconds)
@@ -52,7 +52,7 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]]) -> None
 @tasks_app.command("apply")
 def tasks_apply(
     file: Path = typer.Option(..., "--file", "-f", help="Catalogue YAML (tasks and truncation budgets)."),
-    registry: Optional[str] = RegistryOption,
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Register every task of a catalogue (a changed task gets a new version)
@@ -73,18 +73,18 @@ def tasks_apply(
 
 @tasks_app.command("list")
 def tasks_list(
-    channel: Optional[str] = typer.Option(None, "--channel", help="Only tasks of this channel (call, im, email, review)."),
-    taxonomy: Optional[str] = typer.Option(None, "--taxonomy", help="Only tasks of this taxonomy."),
-    status: Optional[str] = typer.Option(None, "--status", help="active | retired (default: both)."),
-    registry: Optional[str] = RegistryOption,
+    channel: str | None = typer.Option(None, "--channel", help="Only tasks of this channel (call, im, email, review)."),
+    taxonomy: str | None = typer.Option(None, "--taxonomy", help="Only tasks of this taxonomy."),
+    status: str | None = typer.Option(None, "--status", help="active | retired (default: both)."),
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """The latest version of every task."""
     from mtserve.errors import ValidationError
+    from mtserve.records import TaskStatus
     from mtserve.tasks import Channel, Taxonomy
-    from services.common.records import TaskStatus
 
-    def parse(enum_cls: Any, value: Optional[str], flag: str) -> Any:
+    def parse(enum_cls: Any, value: str | None, flag: str) -> Any:
         if value is None:
             return None
         try:
@@ -92,9 +92,9 @@ def tasks_list(
         except ValueError:
             raise ValidationError(flag, f"must be one of {', '.join(m.value for m in enum_cls)}", value) from None
 
-    filters = dict(
-        channel=parse(Channel, channel, "--channel"), taxonomy=parse(Taxonomy, taxonomy, "--taxonomy"), status=parse(TaskStatus, status, "--status")
-    )
+    filters = {
+        "channel": parse(Channel, channel, "--channel"), "taxonomy": parse(Taxonomy, taxonomy, "--taxonomy"), "status": parse(TaskStatus, status, "--status")
+    }
     with _client(registry) as client:
         records = client.list_tasks(**filters)
     if as_json:
@@ -113,8 +113,8 @@ def tasks_list(
 @tasks_app.command("show")
 def tasks_show(
     name: str = typer.Argument(..., help="Task name."),
-    version: Optional[int] = typer.Option(None, "--version", help="A version (default: the latest)."),
-    registry: Optional[str] = RegistryOption,
+    version: int | None = typer.Option(None, "--version", help="A version (default: the latest)."),
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """One task's definition (as catalogue YAML), status and version."""
@@ -130,7 +130,7 @@ def tasks_show(
 
 
 @tasks_app.command("retire")
-def tasks_retire(name: str = typer.Argument(..., help="Task name."), registry: Optional[str] = RegistryOption) -> None:
+def tasks_retire(name: str = typer.Argument(..., help="Task name."), registry: str | None = RegistryOption) -> None:
     """Stop serving a task (it stays listed with --status retired; registering it again revives it)."""
     with _client(registry) as client:
         record = client.retire_task(name)
@@ -143,7 +143,7 @@ def _route_dict(route: Any) -> dict[str, Any]:
 
 
 @routes_app.command("show")
-def routes_show(registry: Optional[str] = RegistryOption, as_json: bool = JsonOption) -> None:
+def routes_show(registry: str | None = RegistryOption, as_json: bool = JsonOption) -> None:
     """The route table: each task's version and checkpoint."""
     with _client(registry) as client:
         routes, revision = client.get_routes()
@@ -158,9 +158,9 @@ def routes_show(registry: Optional[str] = RegistryOption, as_json: bool = JsonOp
 def routes_set(
     task: str = typer.Argument(..., help="Task name."),
     checkpoint: str = typer.Argument(..., help="A registered checkpoint id."),
-    version: Optional[int] = typer.Option(None, "--version", help="Task version to serve (default: the latest)."),
+    version: int | None = typer.Option(None, "--version", help="Task version to serve (default: the latest)."),
     reason: str = typer.Option("manual", "--reason", help="Kept in the route history."),
-    registry: Optional[str] = RegistryOption,
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Route a task (version) to a checkpoint."""
@@ -176,15 +176,15 @@ def routes_set(
 @routes_app.command("promote")
 def routes_promote(
     checkpoint: str = typer.Argument(..., help="A registered checkpoint id."),
-    tasks: Optional[list[str]] = typer.Argument(None, help="Tasks to move (their latest versions)."),
+    tasks: list[str] | None = typer.Argument(None, help="Tasks to move (their latest versions)."),
     all_active: bool = typer.Option(False, "--all", help="Every active task."),
     reason: str = typer.Option("manual promotion", "--reason", help="Kept in the route history."),
-    registry: Optional[str] = RegistryOption,
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Route many tasks to one checkpoint in one transaction (all or none)."""
     from mtserve.errors import ValidationError
-    from services.common.records import RouteChange, TaskStatus
+    from mtserve.records import RouteChange, TaskStatus
 
     if bool(tasks) == all_active:
         raise ValidationError("tasks", "name the tasks to promote, or give --all (not both)", tasks or None)
@@ -200,7 +200,7 @@ def routes_promote(
 
 
 @routes_app.command("rollback")
-def routes_rollback(task: str = typer.Argument(..., help="Task name."), registry: Optional[str] = RegistryOption, as_json: bool = JsonOption) -> None:
+def routes_rollback(task: str = typer.Argument(..., help="Task name."), registry: str | None = RegistryOption, as_json: bool = JsonOption) -> None:
     """Move a task back to the route it had before its current one."""
     with _client(registry) as client:
         route = client.rollback(task)
@@ -211,7 +211,7 @@ def routes_rollback(task: str = typer.Argument(..., help="Task name."), registry
 
 
 @routes_app.command("history")
-def routes_history(task: str = typer.Argument(..., help="Task name."), registry: Optional[str] = RegistryOption, as_json: bool = JsonOption) -> None:
+def routes_history(task: str = typer.Argument(..., help="Task name."), registry: str | None = RegistryOption, as_json: bool = JsonOption) -> None:
     """Every route a task has had, newest first."""
     with _client(registry) as client:
         entries = client.route_history(task)
@@ -234,8 +234,8 @@ def _checkpoint_dict(c: Any, manifest: bool = False) -> dict[str, Any]:
 @checkpoints_app.command("register")
 def checkpoints_register(
     path: Path = typer.Argument(..., help="Checkpoint folder (with manifest.json), readable by the registry at the same path."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Deadline in seconds (the registry hashes every file)."),
-    registry: Optional[str] = RegistryOption,
+    timeout: float | None = typer.Option(None, "--timeout", help="Deadline in seconds (the registry hashes every file)."),
+    registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Register a checkpoint after the registry verifies its manifest and file hashes."""
@@ -250,7 +250,7 @@ def checkpoints_register(
 
 
 @checkpoints_app.command("list")
-def checkpoints_list(registry: Optional[str] = RegistryOption, as_json: bool = JsonOption) -> None:
+def checkpoints_list(registry: str | None = RegistryOption, as_json: bool = JsonOption) -> None:
     """Every registered checkpoint."""
     with _client(registry) as client:
         records = client.list_checkpoints()
@@ -265,7 +265,7 @@ def checkpoints_list(registry: Optional[str] = RegistryOption, as_json: bool = J
 
 
 @checkpoints_app.command("show")
-def checkpoints_show(checkpoint_id: str = typer.Argument(..., metavar="ID", help="Checkpoint id."), registry: Optional[str] = RegistryOption) -> None:
+def checkpoints_show(checkpoint_id: str = typer.Argument(..., metavar="ID", help="Checkpoint id."), registry: str | None = RegistryOption) -> None:
     """One checkpoint with its manifest (JSON)."""
     with _client(registry) as client:
         record = client.get_checkpoint(checkpoint_id)

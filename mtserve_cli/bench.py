@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Optional
 
 import typer
 
-from mtserve.cli import app, settings
+from mtserve_cli.root import app, settings
 
 bench_app = typer.Typer(help="Benchmarks (long; never part of the test suite).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -18,7 +17,7 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("engine")
 def engine_bench(
     n: int = typer.Option(8, "--n", help="Synthetic conversations to score."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
     repeats: int = typer.Option(2, "--repeats", help="Timed repetitions of each arm (the best is kept)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:

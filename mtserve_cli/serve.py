@@ -9,11 +9,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from mtserve.cli import app, settings, state
+from mtserve_cli.root import app, settings, state
 
 serve_app = typer.Typer(help="Run the gRPC services.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
@@ -21,7 +21,7 @@ app.add_typer(serve_app, name="serve")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML settings file (same as `mtserve --config`).")
 
 
-def _settings(config: Optional[Path], **overrides: Any) -> Any:
+def _settings(config: Path | None, **overrides: Any) -> Any:
     if config is not None:
         state.config_file = config
         state.settings = None
@@ -54,9 +54,9 @@ def _run(service: Any, name: str, address: str, port: int) -> None:
 
 @serve_app.command("registry")
 def serve_registry(
-    config: Optional[Path] = ConfigOption,
-    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT to listen on (default: registry.address; port 0 = any free port)."),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="sqlite:///FILE or postgresql+psycopg://... (default: registry.database_url)."),
+    config: Path | None = ConfigOption,
+    address: str | None = typer.Option(None, "--address", help="HOST:PORT to listen on (default: registry.address; port 0 = any free port)."),
+    database_url: str | None = typer.Option(None, "--database-url", help="sqlite:///FILE or postgresql+psycopg://... (default: registry.database_url)."),
 ) -> None:
     """The task registry (migrates its database to the newest schema at start)."""
     from services.registry.server import create_server
@@ -68,10 +68,10 @@ def serve_registry(
 
 @serve_app.command("inference")
 def serve_inference(
-    config: Optional[Path] = ConfigOption,
-    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT to listen on (default: inference.address; port 0 = any free port)."),
-    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT to follow (default: inference.registry_address)."),
-    state_file: Optional[str] = typer.Option(None, "--state-file", help="Last-known-good state copy (default: inference.state_file)."),
+    config: Path | None = ConfigOption,
+    address: str | None = typer.Option(None, "--address", help="HOST:PORT to listen on (default: inference.address; port 0 = any free port)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry HOST:PORT to follow (default: inference.registry_address)."),
+    state_file: str | None = typer.Option(None, "--state-file", help="Last-known-good state copy (default: inference.state_file)."),
 ) -> None:
     """The inference service (follows the registry; serves from its last-known-good copy while the registry is down)."""
     from services.inference.server import create_server
@@ -83,11 +83,11 @@ def serve_inference(
 
 @serve_app.command("trainer")
 def serve_trainer(
-    config: Optional[Path] = ConfigOption,
-    address: Optional[str] = typer.Option(None, "--address", help="HOST:PORT to listen on (default: trainer.address; port 0 = any free port)."),
-    jobs_dir: Optional[str] = typer.Option(None, "--jobs-dir", help="The jobs folder (default: trainer.jobs_dir, under MTSERVE_HOME)."),
-    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT jobs register and promote in (default: trainer.registry_address)."),
-    max_running: Optional[int] = typer.Option(None, "--max-running", help="Jobs training at once; more wait queued (default: trainer.max_running_jobs)."),
+    config: Path | None = ConfigOption,
+    address: str | None = typer.Option(None, "--address", help="HOST:PORT to listen on (default: trainer.address; port 0 = any free port)."),
+    jobs_dir: str | None = typer.Option(None, "--jobs-dir", help="The jobs folder (default: trainer.jobs_dir, under MTSERVE_HOME)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry HOST:PORT jobs register and promote in (default: trainer.registry_address)."),
+    max_running: int | None = typer.Option(None, "--max-running", help="Jobs training at once; more wait queued (default: trainer.max_running_jobs)."),
 ) -> None:
     """The trainer service: jobs run as subprocesses, survive a restart as
     interrupted (resumable); stopping the service stops its running jobs."""

@@ -13,14 +13,14 @@ need it; `run` imports the registry client only when asked to register."""
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import typer
 
-from mtserve.cli import app, settings
 from mtserve.errors import MtserveError, ValidationError
+from mtserve_cli.root import app, settings
 
 train_app = typer.Typer(help="Train multi-task models with the paper's pipeline (locally, or on the trainer service).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -225,7 +225,7 @@ def sweep_cmd(
     lora_lr: list[float] = typer.Option(None, "--lora-lr", help="Learning rates for LoRA (repeat; default 3e-4 1e-3 3e-3)."),
     finetune: list[str] = typer.Option(None, "--finetune", help="full and/or lora (repeat; default both)."),
     precision: list[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16 (repeat to compare; default the job's)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for sweep.json, sweep.md and the curve plots (default <runs_dir>/sweep-<job>)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for sweep.json, sweep.md and the curve plots (default <runs_dir>/sweep-<job>)."),
     as_json: bool = typer.Option(False, "--json", help="Print the sweep result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -274,7 +274,7 @@ def run_cmd(
     restart: bool = typer.Option(False, "--restart", help="Discard the state of interrupted runs and train them again."),
     promote: bool = typer.Option(False, "--promote", help="At the end, register the checkpoints and route each qualified task to its new one (also `promote: true` in the spec)."),
     register: bool = typer.Option(False, "--register", help="At the end, register the checkpoints with the registry (routes unchanged)."),
-    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT (default: settings registry.address)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry HOST:PORT (default: settings registry.address)."),
     as_json: bool = typer.Option(False, "--json", help="Print the job result as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
@@ -293,20 +293,26 @@ def run_cmd(
     error: Exception | None = None
     out: dict[str, Any] = {}
     try:
-        client = _registry_check(spec, registry, promote, display) if (promote or register) else None
+        client = address = None
+        if promote or register:
+            from trainer.promote import connect_registry
+
+            address = registry or settings().registry.address
+            client, event = connect_registry(spec, address, promote=promote)
+            display(event)
         result = run_job(spec, settings=settings(), emit=display, resume=resume, restart=restart)
         out = result.to_dict()
         if client is not None:
             from trainer.promote import finish_job
 
             try:
-                report = finish_job(out, client[0], promote=promote, address=client[1], result_file=spec.runs_path / f"job-{spec.name}.result.json")
+                report = finish_job(out, client, promote=promote, address=address, result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()
             except MtserveError as exc:  # the result is printed anyway: the checkpoints exist
                 error = exc
                 out["promotion"] = {"error": str(exc)}
             finally:
-                client[0].close()
+                client.close()
     finally:
         display.close()
     if as_json:
@@ -315,21 +321,6 @@ def run_cmd(
         print_result({k: v for k, v in out.items() if k != "promotion" or "error" not in v})
     if error is not None:
         raise error
-
-
-def _registry_check(spec: Any, address: Optional[str], promote: bool, display: "_Display") -> tuple[Any, str]:
-    """Before training: the registry answers (else one error line, exit 2,
-    nothing trained). Returns a client for the end of the job."""
-    from services.registry.client import RegistryClient
-    from trainer.__main__ import CHECK_TIMEOUT_SECONDS, REGISTER_TIMEOUT_SECONDS
-    from trainer.pipeline import resolve_catalogue, resolve_tasks
-    from trainer.promote import check_registry
-
-    address = address or settings().registry.address
-    tasks = resolve_tasks(spec, resolve_catalogue(spec))
-    with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:
-        display(check_registry(probe, address, tasks, what="--promote" if promote else "--register"))
-    return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), address
 
 
 @train_app.command("validate")
@@ -350,7 +341,7 @@ ServerOption = typer.Option(None, "--server", help="Trainer service HOST:PORT (d
 JsonOption = typer.Option(False, "--json", help="Print JSON.")
 
 
-def _trainer(address: Optional[str]) -> Any:
+def _trainer(address: str | None) -> Any:
     from services.trainer.client import TrainerClient
 
     s = settings()
@@ -390,11 +381,11 @@ def submit_cmd(
     file: Path = typer.Option(..., "--file", "-f", help="The job spec (YAML); relative paths start from its folder, which the service must see."),
     promote: bool = typer.Option(False, "--promote", help="When the job ends, register its checkpoints and route each qualified task to its new one."),
     register: bool = typer.Option(False, "--register", help="When the job ends, register its checkpoints (routes unchanged)."),
-    registry: Optional[str] = typer.Option(None, "--registry", help="Registry HOST:PORT for the job (default: the service's trainer.registry_address)."),
+    registry: str | None = typer.Option(None, "--registry", help="Registry HOST:PORT for the job (default: the service's trainer.registry_address)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs an earlier process left interrupted."),
     restart: bool = typer.Option(False, "--restart", help="Discard the state of interrupted runs."),
     watch: bool = typer.Option(False, "--watch", help="Then follow the job's progress until it ends."),
-    server: Optional[str] = ServerOption,
+    server: str | None = ServerOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Queue a job on the trainer service; prints its id (the spec is checked first: errors name the field)."""
@@ -416,10 +407,10 @@ def submit_cmd(
 
 @train_app.command("status")
 def status_cmd(
-    job_id: Optional[str] = typer.Argument(None, metavar="[JOB]", help="A job id; none: list the jobs."),
+    job_id: str | None = typer.Argument(None, metavar="[JOB]", help="A job id; none: list the jobs."),
     state: list[str] = typer.Option([], "--state", help="Only jobs in this state (repeatable): queued, running, succeeded, failed, cancelled, interrupted."),
     limit: int = typer.Option(0, "--limit", help="At most this many jobs, newest first (0: all)."),
-    server: Optional[str] = ServerOption,
+    server: str | None = ServerOption,
     as_json: bool = JsonOption,
 ) -> None:
     """One job (progress, attempts, error, result table and promotion) or the list of jobs."""
@@ -489,7 +480,7 @@ def _follow(client: Any, job_id: str, *, as_json: bool) -> None:
 @train_app.command("watch")
 def watch_cmd(
     job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
-    server: Optional[str] = ServerOption,
+    server: str | None = ServerOption,
     as_json: bool = typer.Option(False, "--json", help="Print the events (and the job on every state change) as JSON lines."),
 ) -> None:
     """Follow a job's progress (its past events, then live ones) until it
@@ -501,7 +492,7 @@ def watch_cmd(
 @train_app.command("cancel")
 def cancel_cmd(
     job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
-    server: Optional[str] = ServerOption,
+    server: str | None = ServerOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Cancel a job: SIGTERM to its processes, SIGKILL after the service's grace period."""
@@ -517,7 +508,7 @@ def cancel_cmd(
 def resume_cmd(
     job_id: str = typer.Argument(..., metavar="JOB", help="The job id."),
     watch: bool = typer.Option(False, "--watch", help="Then follow the job until it ends."),
-    server: Optional[str] = ServerOption,
+    server: str | None = ServerOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Queue an interrupted, failed or cancelled job again: it continues from its last saved training state."""
@@ -529,9 +520,3 @@ def resume_cmd(
         typer.echo(f"job {job.id}: {job.state.value}", err=True)
         if watch:
             _follow(client, job.id, as_json=as_json)
-
-
-def _main() -> None:  # pragma: no cover - `python -m mtserve.cli.train` convenience
-    from mtserve.cli import main
-
-    main(["train", *sys.argv[1:]])

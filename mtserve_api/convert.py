@@ -1,4 +1,4 @@
-"""Every conversion between protobuf messages (mtserve.v1) and domain objects,
+"""Every conversion between protobuf messages (mtserve_api.v1) and domain objects,
 in one place, so servicers and clients stay thin.
 
 `*_from_pb` validates with the core's own rules: a task arriving over the wire
@@ -9,19 +9,16 @@ ops engineer editing YAML. Imports protobuf only, never grpc.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from google.protobuf import json_format
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, Speaker, Text, TextPair, Turn, validate_input
-from mtserve.tasks import Channel, InputKind, Metric, Task, Taxonomy, TruncationPolicy, parse_task
-from mtserve.v1 import common_pb2 as cpb
-from mtserve.v1 import inference_pb2 as ipb
-from mtserve.v1 import registry_pb2 as rpb
-from services.common.records import (
-    Answer,
+from mtserve.predictions import Answer, Timing
+from mtserve.records import (
     CheckpointInfo,
     CheckpointRecord,
     PolicyRecord,
@@ -35,8 +32,11 @@ from services.common.records import (
     TaskInfo,
     TaskRecord,
     TaskStatus,
-    Timing,
 )
+from mtserve.tasks import Channel, InputKind, Metric, Task, Taxonomy, TruncationPolicy, parse_task
+from mtserve_api.v1 import common_pb2 as cpb
+from mtserve_api.v1 import inference_pb2 as ipb
+from mtserve_api.v1 import registry_pb2 as rpb
 
 # -- enums ---------------------------------------------------------------------------
 # A proto enum value is the domain value upper-cased behind a prefix:

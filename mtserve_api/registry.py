@@ -10,16 +10,12 @@ that is also the matching domain error (NotFoundError, ValidationError, ...).
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 
-from mtserve.tasks import Catalogue, Channel, Task, Taxonomy
-from mtserve.v1 import registry_pb2 as rpb
-from mtserve.v1 import registry_pb2_grpc as rpb_grpc
-from services.common import convert
-from services.common.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
-from services.common.records import (
+from mtserve.records import (
     CheckpointRecord,
     PolicyRecord,
     Registered,
@@ -31,6 +27,11 @@ from services.common.records import (
     TaskRecord,
     TaskStatus,
 )
+from mtserve.tasks import Catalogue, Channel, Task, Taxonomy
+from mtserve_api import convert
+from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
+from mtserve_api.v1 import registry_pb2 as rpb
+from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
 
 SERVICE = "mtserve.v1.Registry"
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import typer
 
-from mtserve.cli import app, fail, settings
 from mtserve.errors import MtserveError, NotFoundError, ValidationError
 from mtserve.inputs import Input, check_task_accepts, input_from_dict
 from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
+from mtserve_cli.root import app, fail, settings
 
 models_app = typer.Typer(help="Prepare, import and list model checkpoints (local files).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -58,7 +59,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 
 # -- classify ---------------------------------------------------------------------
 def read_input(
-    text: Optional[str], text_b: Optional[str], input_file: Optional[Path], channel: Optional[str]
+    text: str | None, text_b: str | None, input_file: Path | None, channel: str | None
 ) -> Input:
     """One input from the flags: --text [--text-b] or --input FILE ('-' = stdin, JSON)."""
     if input_file is not None and text is not None:
@@ -133,13 +134,13 @@ def print_predictions(predictions: Sequence[Any], as_json: bool, *, checkpoint: 
 @app.command()
 def classify(
     task: list[str] = typer.Option([], "--task", "-t", help="Task name (repeatable). Default: every classification task that applies."),
-    text: Optional[str] = typer.Option(None, "--text", help="Input text."),
-    text_b: Optional[str] = typer.Option(None, "--text-b", help="Second text of a text_pair input."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="JSON input: a text, a text pair or a conversation ('-' = stdin)."),
-    channel: Optional[str] = typer.Option(None, "--channel", help="call | im | email | review."),
-    catalogue: Optional[Path] = typer.Option(None, "--catalogue", help="Task catalogue YAML (default: the built-in hotel catalogue)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
-    server: Optional[str] = typer.Option(None, "--server", help="Ask an inference service at HOST:PORT instead of running locally."),
+    text: str | None = typer.Option(None, "--text", help="Input text."),
+    text_b: str | None = typer.Option(None, "--text-b", help="Second text of a text_pair input."),
+    input_file: Path | None = typer.Option(None, "--input", "-i", help="JSON input: a text, a text pair or a conversation ('-' = stdin)."),
+    channel: str | None = typer.Option(None, "--channel", help="call | im | email | review."),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Task catalogue YAML (default: the built-in hotel catalogue)."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
+    server: str | None = typer.Option(None, "--server", help="Ask an inference service at HOST:PORT instead of running locally."),
     no_truncate: bool = typer.Option(False, "--no-truncate", help="Refuse inputs over their token budget instead of cutting them."),
     timeout: float = typer.Option(60.0, "--timeout", help="Deadline of a --server call, in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -148,7 +149,7 @@ def classify(
     inp = read_input(text, text_b, input_file, channel)
     started = time.monotonic()
     if server:
-        from mtserve.cli.remote import classify_remote
+        from mtserve_cli.remote import classify_remote
 
         predictions, checkpoint = classify_remote(server, task, inp, truncate=not no_truncate, timeout=timeout)
         print_predictions(predictions, as_json, checkpoint=checkpoint, elapsed=time.monotonic() - started)

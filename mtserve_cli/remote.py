@@ -3,7 +3,8 @@ inference service. Imported only when --server is given."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 
@@ -16,7 +17,7 @@ def classify_remote(server: str, task_names: Sequence[str], inp: Input, *, trunc
     every classification task the service serves that applies to the input;
     and the checkpoint(s) that answered. One ClassifyMany call: the input's
     prefix is computed once per checkpoint."""
-    from services.inference.client import InferenceClient
+    from mtserve_api.inference import InferenceClient
 
     with InferenceClient(server, timeout=timeout) as client:
         answers, skipped = client.classify_many(inp, list(task_names), truncate=truncate)

@@ -10,13 +10,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from mtserve.cli import app, fail, settings, state
 from mtserve.errors import NotFoundError
+from mtserve_cli.root import app, fail, settings, state
 
 if TYPE_CHECKING:
     from batch.jobs import JobStatus
@@ -28,20 +29,20 @@ batch_app = typer.Typer(help="Score a day of conversation logs with Celery worke
 app.add_typer(batch_app, name="batch")
 
 
-def _store(s: "Settings") -> "ResultStore":
+def _store(s: Settings) -> ResultStore:
     from batch.store import ResultStore
 
     return ResultStore(s.results_database_url)
 
 
-def _enqueuer(s: "Settings") -> Any:
+def _enqueuer(s: Settings) -> Any:
     from batch.celery_app import make_app
     from batch.dispatch import CeleryEnqueuer
 
     return CeleryEnqueuer(make_app(s))
 
 
-def _known_tasks(s: "Settings") -> dict[str, "Task"]:
+def _known_tasks(s: Settings) -> dict[str, Task]:
     """The tasks the configured scorer answers, to validate --tasks at submit."""
     if s.batch.scorer == "local":
         from batch.local_scorer import load_batch_catalogue
@@ -57,7 +58,7 @@ def _split(names: Sequence[str]) -> list[str] | None:
     return out or None
 
 
-def _check_broker(s: "Settings") -> None:
+def _check_broker(s: Settings) -> None:
     """Fail with a hint rather than hang when Redis is not there."""
     import redis
 
@@ -75,9 +76,9 @@ def submit_cmd(
     logs: Path = typer.Option(..., "--logs", help="The day's log folder (JSONL, JSONL.gz, Parquet), or a root with one folder per date."),
     date: str = typer.Option(..., "--date", help="The day, YYYY-MM-DD."),
     tasks: list[str] = typer.Option([], "--tasks", "-t", help="Only these tasks (repeatable or comma-separated); a generation task only when named."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=1, help="Records per chunk (default: batch.chunk_size)."),
+    chunk_size: int | None = typer.Option(None, "--chunk-size", min=1, help="Records per chunk (default: batch.chunk_size)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end (reconciling if it stalls), then print the report."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: give up waiting after this many seconds (exit 3)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up waiting after this many seconds (exit 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Plan the day into chunks, write its rejects, record the job and send the chunk tasks; print the job id."""
@@ -113,11 +114,11 @@ def submit_cmd(
 def _fmt_seconds(x: float | None) -> str:
     if x is None:
         return "-"
-    x = int(round(x))
+    x = round(x)
     return f"{x // 3600}h{x % 3600 // 60:02d}m" if x >= 3600 else f"{x // 60}m{x % 60:02d}s"
 
 
-def _status_line(st: "JobStatus") -> str:
+def _status_line(st: JobStatus) -> str:
     rate = f"{st.rate:.1f}/s" if st.rate else "-"
     return (
         f"{st.job_id} {st.status}: chunks {st.done}/{st.chunks} done ({st.running} running, {st.failed} failed), "
@@ -125,7 +126,7 @@ def _status_line(st: "JobStatus") -> str:
     )
 
 
-def _wait(s: "Settings", store: "ResultStore", job_id: str, *, timeout: float | None, quiet: bool, poll: float = 1.0) -> None:
+def _wait(s: Settings, store: ResultStore, job_id: str, *, timeout: float | None, quiet: bool, poll: float = 1.0) -> None:
     """Poll the store until the job has its report; reconcile when it stalls."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,7 +165,7 @@ def _wait(s: "Settings", store: "ResultStore", job_id: str, *, timeout: float | 
 def status_cmd(
     job_id: str = typer.Argument(..., help="The job id printed by submit."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job to its end, reconciling if it stalls."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds (exit 3)."),
+    timeout: float | None = typer.Option(None, "--timeout", help="With --wait: give up after this many seconds (exit 3)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Progress of a job, from the results store: chunks done, conversations scored, rate, ETA."""
@@ -205,8 +206,8 @@ def reconcile_cmd(
 
 @batch_app.command("report")
 def report_cmd(
-    job_id: Optional[str] = typer.Argument(None, help="The job id (or give --date)."),
-    date: Optional[str] = typer.Option(None, "--date", help="The latest finished job of this day."),
+    job_id: str | None = typer.Argument(None, help="The job id (or give --date)."),
+    date: str | None = typer.Option(None, "--date", help="The latest finished job of this day."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
 ) -> None:
     """Print a finished job's daily report (Markdown, or JSON)."""
@@ -231,7 +232,7 @@ def report_cmd(
 
 @batch_app.command("jobs")
 def jobs_cmd(
-    date: Optional[str] = typer.Option(None, "--date", help="Only this day."),
+    date: str | None = typer.Option(None, "--date", help="Only this day."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List recent jobs."""
@@ -247,7 +248,7 @@ def jobs_cmd(
 @batch_app.command("export")
 def export_cmd(
     date: str = typer.Option(..., "--date", help="The day to export."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder (default: <output_dir>/<date>/results)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder (default: <output_dir>/<date>/results)."),
 ) -> None:
     """Write the day's results as Parquet, one partition per task (task=<name>/)."""
     from batch.export import export_day
@@ -261,7 +262,7 @@ def export_cmd(
 
 # -- the worker ----------------------------------------------------------------------
 def worker_argv(
-    s: "Settings",
+    s: Settings,
     *,
     concurrency: int | None,
     pool: str,
@@ -290,10 +291,10 @@ def worker_argv(
 @app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def worker_cmd(
     ctx: typer.Context,
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", "-c", min=1, help="Pool processes (default: batch.worker_concurrency, else 1 local / 4 grpc)."),
+    concurrency: int | None = typer.Option(None, "--concurrency", "-c", min=1, help="Pool processes (default: batch.worker_concurrency, else 1 local / 4 grpc)."),
     pool: str = typer.Option("prefork", "--pool", help="prefork (default: a process per slot, scorer loaded after the fork) | solo | threads."),
     loglevel: str = typer.Option("info", "--loglevel", "-l", help="Celery log level."),
-    hostname: Optional[str] = typer.Option(None, "--hostname", "-n", help="Worker node name (default celery@HOST)."),
+    hostname: str | None = typer.Option(None, "--hostname", "-n", help="Worker node name (default celery@HOST)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the celery command instead of running it."),
 ) -> None:
     """Start a Celery worker for batch jobs with this project's settings (extra arguments go to celery)."""

@@ -1,3 +1,0 @@
-from mtserve.cli import main
-
-main()

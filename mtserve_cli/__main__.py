@@ -1,0 +1,3 @@
+from mtserve_cli import main
+
+main()
