@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-MTSERVE_REQUIRE_POSTGRES=1 exec .venv/bin/pytest -m "not bench" "$@"
+TEST_REQUIRE_POSTGRES=1 exec .venv/bin/pytest -m "not bench" "$@"

@@ -31,10 +31,10 @@ def _isolated_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
 # scripts/setup.sh makes sure one answers here (the machine's, or a private
-# cluster it starts); scripts/test.sh sets MTSERVE_REQUIRE_POSTGRES=1, so under
+# cluster it starts); scripts/test.sh sets TEST_REQUIRE_POSTGRES=1, so under
 # the README's test command an unreachable server fails the PostgreSQL tests
 # instead of skipping them. A bare `pytest` elsewhere skips them.
-POSTGRES_URL = os.environ.get("MTSERVE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def _postgres_problem() -> str | None:
@@ -58,8 +58,8 @@ def postgres_url() -> Iterator[str]:
     problem = _postgres_problem()
     if problem:
         message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
-        if os.environ.get("MTSERVE_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + "; MTSERVE_REQUIRE_POSTGRES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
+        if os.environ.get("TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message + "; TEST_REQUIRE_POSTGRES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
         pytest.skip(message)
     from sqlalchemy import create_engine, text
 
