@@ -40,6 +40,9 @@ class RegistrySettings(_Section):
     address: str = "127.0.0.1:50051"
     # SQLite file under home by default; `postgresql+psycopg://user@host/db` for PostgreSQL.
     database_url: str | None = None
+    # RegisterCheckpoint accepts folders inside the checkpoints root
+    # (`checkpoints_dir`) and inside these folders only.
+    checkpoint_roots: list[str] = Field(default_factory=list)
     # gRPC server: each Watch stream (one per inference replica) holds a worker thread.
     max_workers: int = Field(32, ge=2)
     max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
@@ -179,6 +182,18 @@ class TrainerSettings(_Section):
     client_timeout_seconds: float = Field(30.0, gt=0)
 
 
+class AuthSettings(_Section):
+    # Servers: check a bearer token with a role on every RPC but health
+    # (mtserve_api/roles.py). Off only by this explicit setting, and then only
+    # on a loopback address; the server says so when it starts.
+    enabled: bool = True
+    # Clients (CLI, batch workers, inference's registry watch, the trainer):
+    # the token to send; else the one in token_file; else the local admin
+    # token <home>/auth/admin.token when it exists.
+    token: str | None = Field(None, repr=False)
+    token_file: str | None = None
+
+
 class Settings(_Section):
     home: Path = Field(default_factory=mtserve_home)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -189,11 +204,27 @@ class Settings(_Section):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     # -- derived paths --------------------------------------------------------
+    def client_token(self) -> str | None:
+        """The bearer token this process sends (see AuthSettings)."""
+        from mtserve.auth import admin_token_path, read_token_file
+
+        if self.auth.token:
+            return self.auth.token
+        if self.auth.token_file:
+            return read_token_file(Path(self.auth.token_file).expanduser())
+        local = admin_token_path(self.home)
+        return read_token_file(local) if local.exists() else None
+
     @property
     def checkpoints_root(self) -> Path:
         return Path(self.checkpoints_dir).expanduser() if self.checkpoints_dir else self.home / "checkpoints"
+
+    @property
+    def registry_checkpoint_roots(self) -> list[Path]:
+        return [self.checkpoints_root, *(Path(p).expanduser() for p in self.registry.checkpoint_roots)]
 
     @property
     def registry_database_url(self) -> str:

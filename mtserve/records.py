@@ -122,6 +122,19 @@ class RouteHistoryEntry:
     route: Route
     current: bool
     rolled_back_at: str = ""
+    actor: str = ""  # the token name that set it
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One committed write to the registry."""
+
+    revision: int
+    at: str
+    actor: str
+    action: str  # register_task | retire_task | set_policy | register_checkpoint | set_route | rollback
+    target: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What every mtserve gRPC client shares: a channel whose service config
 retries UNAVAILABLE (and nothing else), explicit message sizes, keepalive,
-and the mapping of a failed call back to a domain error that names the
-server, the status and the server's message.
+the bearer token on every call, and the mapping of a failed call back to a
+domain error that names the server, the status and the server's message.
 
 Clients always pass a deadline (`timeout=`) on every call.
 """
@@ -9,7 +9,8 @@ Clients always pass a deadline (`timeout=`) on every call.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import namedtuple
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -24,6 +25,10 @@ from mtserve.errors import (
 )
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+TOKEN_HINT = (
+    "send a token: auth.token (MTSERVE_AUTH__TOKEN), auth.token_file, or the local admin token <home>/auth/admin.token; "
+    "`mtserve tokens create --role ROLE --name NAME` makes one"
+)
 
 
 class RemoteError(MtserveError):
@@ -58,6 +63,14 @@ class RemoteUnavailable(RemoteError, UnavailableError):
     pass
 
 
+class RemoteUnauthenticated(RemoteError):
+    """No token, or one the server does not know (revoked, another home's)."""
+
+
+class RemotePermissionDenied(RemoteError):
+    """The token is valid but its role may not make this call."""
+
+
 _ERROR_OF = {
     grpc.StatusCode.INVALID_ARGUMENT: RemoteInvalidArgument,
     grpc.StatusCode.OUT_OF_RANGE: RemoteInvalidArgument,
@@ -66,6 +79,8 @@ _ERROR_OF = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: RemoteOverloaded,
     grpc.StatusCode.UNAVAILABLE: RemoteUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: RemoteUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: RemoteUnauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: RemotePermissionDenied,
 }
 
 
@@ -74,6 +89,8 @@ def raise_remote(exc: grpc.RpcError, server: str, address: str) -> NoReturn:
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         details = f"no answer within the deadline ({details})"
+    elif code is grpc.StatusCode.UNAUTHENTICATED:
+        details += f"; {TOKEN_HINT}"
     raise _ERROR_OF.get(code, RemoteError)(server, address, code, details) from None
 
 
@@ -94,6 +111,50 @@ def service_config(service: str, *, no_retry: Sequence[str] = ()) -> dict[str, A
     return {"methodConfig": configs}
 
 
+class _CallDetails(
+    namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call of a channel."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            details.method, details.timeout, [*(details.metadata or ()), self._header], details.credentials,
+            details.wait_for_ready, details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
+def default_token() -> str | None:
+    """The token of this process's settings (see mtserve.config.AuthSettings)."""
+    from mtserve.config import load_settings
+
+    return load_settings().client_token()
+
+
 def make_channel(
     address: str,
     service: str,
@@ -101,7 +162,9 @@ def make_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     no_retry: Sequence[str] = (),
     keepalive: bool = False,
+    token: str | None = None,
 ) -> grpc.Channel:
+    """A channel to `address` that sends `token` (None: no token) on every call."""
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", json.dumps(service_config(service, no_retry=no_retry))),
         ("grpc.enable_retries", 1),
@@ -117,7 +180,16 @@ def make_channel(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
-    return grpc.insecure_channel(address, options=options)
+    channel = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
+
+
+def connect(address: str, *, token: str | None = None) -> grpc.Channel:
+    """A plain channel to an mtserve service for hand-written stubs (see the
+    README): it sends `token`, by default this process's (`default_token`)."""
+    channel = grpc.insecure_channel(address)
+    token = token or default_token()
+    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
 
 
 class ServiceClient:
@@ -130,12 +202,22 @@ class ServiceClient:
     NO_RETRY: Sequence[str] = ()  # methods that must not be retried (not idempotent)
     KEEPALIVE = False  # long-lived streams
 
-    def __init__(self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        keepalive: bool | None = None,
+        token: str | None = None,
+    ):
+        """`token`: the bearer token to send; by default this process's
+        (`default_token`: settings, else the local admin token)."""
         self.address = address
         self.timeout = timeout
         self.channel = make_channel(
             address, self.SERVICE, max_message_bytes=max_message_bytes, no_retry=self.NO_RETRY,
-            keepalive=self.KEEPALIVE if keepalive is None else keepalive,
+            keepalive=self.KEEPALIVE if keepalive is None else keepalive, token=token or default_token(),
         )
 
     def close(self) -> None:

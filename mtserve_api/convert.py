@@ -317,12 +317,15 @@ def route_updates_from_pb(msg: rpb.SetRoutesResponse) -> tuple[list[RouteUpdate]
 
 def history_to_pb(entries: Iterable[RouteHistoryEntry]) -> rpb.RouteHistory:
     return rpb.RouteHistory(
-        entries=[rpb.RouteHistoryEntry(route=route_to_pb(e.route), current=e.current, rolled_back_at=e.rolled_back_at) for e in entries]
+        entries=[
+            rpb.RouteHistoryEntry(route=route_to_pb(e.route), current=e.current, rolled_back_at=e.rolled_back_at, actor=e.actor)
+            for e in entries
+        ]
     )
 
 
 def history_from_pb(msg: rpb.RouteHistory) -> list[RouteHistoryEntry]:
-    return [RouteHistoryEntry(route_from_pb(e.route), e.current, e.rolled_back_at) for e in msg.entries]
+    return [RouteHistoryEntry(route_from_pb(e.route), e.current, e.rolled_back_at, e.actor) for e in msg.entries]
 
 
 # -- the watch stream -----------------------------------------------------------------------------

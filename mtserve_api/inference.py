@@ -27,8 +27,8 @@ SERVICE = "mtserve.v1.Inference"
 class InferenceClient(ServiceClient):
     SERVICE, NAME = SERVICE, "inference"
 
-    def __init__(self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
+    def __init__(self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, token: str | None = None):
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token)
         self.stub = ipb_grpc.InferenceStub(self.channel)
 
     def classify(self, task: str, inp: Input, *, truncate: bool = True, timeout: float | None = None) -> Answer:

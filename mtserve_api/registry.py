@@ -60,8 +60,11 @@ class RegistryClient(ServiceClient):
     SERVICE, NAME = SERVICE, "registry"
     NO_RETRY = ("RollbackRoute",)  # not idempotent: a retry would roll back twice
 
-    def __init__(self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool = False):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, keepalive=keepalive)
+    def __init__(
+        self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool = False,
+        token: str | None = None,
+    ):
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, keepalive=keepalive, token=token)
         self.stub = rpb_grpc.RegistryStub(self.channel)
 
     # -- tasks -----------------------------------------------------------------------

@@ -216,11 +216,11 @@ def routes_history(task: str = typer.Argument(..., help="Task name."), registry:
     with _client(registry) as client:
         entries = client.route_history(task)
     if as_json:
-        _echo_json([{**_route_dict(e.route), "current": e.current, "rolled_back_at": e.rolled_back_at} for e in entries])
+        _echo_json([{**_route_dict(e.route), "current": e.current, "rolled_back_at": e.rolled_back_at, "by": e.actor} for e in entries])
         return
-    _table(f"route history of {task}", ["", "version", "checkpoint", "set at", "reason", "rolled back at"],
-           [["*" if e.current else "", str(e.route.task_version), e.route.checkpoint_id, e.route.updated_at, e.route.reason, e.rolled_back_at]
-            for e in entries])
+    _table(f"route history of {task}", ["", "version", "checkpoint", "set at", "by", "reason", "rolled back at"],
+           [["*" if e.current else "", str(e.route.task_version), e.route.checkpoint_id, e.route.updated_at, e.actor or "-", e.route.reason,
+             e.rolled_back_at] for e in entries])
 
 
 # -- checkpoints -------------------------------------------------------------------------------

@@ -222,14 +222,16 @@ class GetRouteHistoryRequest(_message.Message):
     def __init__(self, task: _Optional[str] = ...) -> None: ...
 
 class RouteHistoryEntry(_message.Message):
-    __slots__ = ("route", "current", "rolled_back_at")
+    __slots__ = ("route", "current", "rolled_back_at", "actor")
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     ROLLED_BACK_AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     route: Route
     current: bool
     rolled_back_at: str
-    def __init__(self, route: _Optional[_Union[Route, _Mapping]] = ..., current: _Optional[bool] = ..., rolled_back_at: _Optional[str] = ...) -> None: ...
+    actor: str
+    def __init__(self, route: _Optional[_Union[Route, _Mapping]] = ..., current: _Optional[bool] = ..., rolled_back_at: _Optional[str] = ..., actor: _Optional[str] = ...) -> None: ...
 
 class RouteHistory(_message.Message):
     __slots__ = ("entries",)

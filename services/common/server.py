@@ -1,14 +1,20 @@
-"""What every mtserve gRPC server shares: the error interceptor, health and
+"""What every mtserve gRPC server shares: the interceptor, health and
 reflection, explicit message sizes, and graceful shutdown.
 
-The interceptor is the one place where domain errors (mtserve.errors) become
-status codes; servicers just raise. It also counts calls in flight, so that
-shutdown can wait for them, and refuses new calls with UNAVAILABLE once
-draining has begun.
+The interceptor is the one place where callers are checked and domain errors
+(mtserve.errors) become status codes; servicers just raise. Every call but
+health must carry a bearer token whose role the RPC allows
+(mtserve_api/roles.py): no token or an unknown one is UNAUTHENTICATED, a role
+too low PERMISSION_DENIED. The caller's token name is available to the
+servicer (`current_caller`, for audit records). The interceptor also counts
+calls in flight, so that shutdown can wait for them, and refuses new calls
+with UNAVAILABLE once draining has begun.
 """
 
 from __future__ import annotations
 
+import contextvars
+import ipaddress
 import logging
 import threading
 import time
@@ -21,6 +27,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mtserve.auth import TokenStore, ensure_local_admin
+from mtserve.config import Settings
 from mtserve.errors import (
     IntegrityError,
     MtserveError,
@@ -30,8 +38,17 @@ from mtserve.errors import (
     UnavailableError,
     ValidationError,
 )
+from mtserve_api.roles import ROLE_OF, allows, is_public
 
 log = logging.getLogger(__name__)
+
+# The token name of the call being served ("" with auth off): servicers read
+# it for audit records. Set by the interceptor in the thread that runs the call.
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("mtserve_caller", default="")
+
+
+def current_caller() -> str:
+    return _caller.get()
 
 STATUS_OF: tuple[tuple[type[MtserveError], grpc.StatusCode], ...] = (
     (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -63,8 +80,9 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     INTERNAL (logged with an id the caller can quote), tracks calls in
     flight, and refuses new calls with UNAVAILABLE while draining."""
 
-    def __init__(self, service: str):
+    def __init__(self, service: str, tokens: TokenStore | None = None):
         self.service = service
+        self.tokens = tokens  # None: auth is off (an explicit setting, loopback only)
         self.draining = threading.Event()
         self._inflight = 0
         self._idle = threading.Condition()
@@ -112,15 +130,39 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the {self.service} service is shutting down; retry on another replica")
 
+    def _identify(self, details: grpc.HandlerCallDetails) -> tuple[str, tuple[grpc.StatusCode, str] | None]:
+        """(caller name, refusal or None). The refusal of a missing or unknown
+        token says only that: nothing that helps a guesser."""
+        method = details.method
+        if self.tokens is None or is_public(method):
+            return "", None
+        secret = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                secret = value[len("Bearer "):].strip()
+        token = self.tokens.authenticate(secret) if secret else None
+        if token is None:
+            return "", (grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        if not allows(method, token.role):
+            need = ROLE_OF.get(method)
+            why = f"needs the {need.label} role" if need else "is not open to any role"
+            log.warning("%s: %s (role %s) refused %s", self.service, token.name, token.role.label, method)
+            return token.name, (grpc.StatusCode.PERMISSION_DENIED, f"{method} {why}; token {token.name!r} has role {token.role.label}")
+        return token.name, None
+
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
         if handler is None:
             return None
         method = details.method
+        caller, refusal = self._identify(details)
+        if refusal is not None:
+            return _refusing(handler, *refusal)
         if handler.unary_unary is not None:
             inner_uu = handler.unary_unary
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                _caller.set(caller)
                 self._refuse_if_draining(context, method)
                 self._enter()
                 try:
@@ -135,6 +177,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             inner_us = handler.unary_stream
 
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                _caller.set(caller)
                 self._refuse_if_draining(context, method)
                 self._enter()
                 try:
@@ -145,7 +188,49 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     self._exit()
 
             return handler._replace(unary_stream=unary_stream)
-        return handler  # no client-streaming methods in mtserve.v1
+        return handler  # no client-streaming methods in mtserve.v1 (reflection's is checked above)
+
+
+def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same kind as `handler` that refuses the call."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    kinds = {
+        "unary_unary": grpc.unary_unary_rpc_method_handler,
+        "unary_stream": grpc.unary_stream_rpc_method_handler,
+        "stream_unary": grpc.stream_unary_rpc_method_handler,
+        "stream_stream": grpc.stream_stream_rpc_method_handler,
+    }
+    for kind, make in kinds.items():
+        if getattr(handler, kind) is not None:
+            return make(refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return None
+
+
+def is_loopback(address: str) -> bool:
+    """Is `address` (HOST:PORT) one only this machine can reach?"""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_store(settings: Settings, service: str, address: str) -> TokenStore | None:
+    """The tokens a server checks, with the local admin token made on first
+    start; None when auth is off, which is refused on a non-loopback address
+    and announced."""
+    if not settings.auth.enabled:
+        if not is_loopback(address):
+            raise PreconditionError(f"auth.enabled is false: the {service} service may then listen on a loopback address only, not {address}")
+        log.warning("%s: AUTH IS OFF (auth.enabled=false): every caller on this machine may call every RPC", service)
+        return None
+    ensure_local_admin(settings.home)
+    return TokenStore(settings.home)
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -174,9 +259,12 @@ class Service:
         max_message_bytes: int,
         grace_seconds: float,
         max_concurrent_rpcs: int | None = None,
+        tokens: TokenStore | None = None,
     ):
+        """`tokens`: the token store calls are checked against (`token_store`);
+        None serves without auth."""
         self.names = list(service_names)
-        self.interceptor = ErrorInterceptor(service)
+        self.interceptor = ErrorInterceptor(service, tokens)
         self.grace_seconds = grace_seconds
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-rpc"),

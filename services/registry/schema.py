@@ -81,6 +81,7 @@ route_history = Table(
     Column("reason", Text, nullable=False, server_default=""),
     Column("rolled_back_at", String(32), nullable=True),
     Column("revision", BigInteger, nullable=False),
+    Column("actor", String(64), nullable=False, server_default=""),
     ForeignKeyConstraint(["task_name", "task_version"], ["task_versions.name", "task_versions.version"]),
 )
 
@@ -96,4 +97,18 @@ routes = Table(
     Column("updated_at", String(32), nullable=False),
     Column("reason", Text, nullable=False, server_default=""),
     ForeignKeyConstraint(["task_name", "task_version"], ["task_versions.name", "task_versions.version"]),
+)
+
+# Every committed write, with who made it (the token name; "" with auth off
+# or for in-process callers), when, and why (migration 0002).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("revision", BigInteger, nullable=False),
+    Column("at", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
 )

@@ -16,7 +16,7 @@ from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
 from mtserve_api import convert
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
-from services.common.server import Service
+from services.common.server import Service, current_caller, token_store
 from services.registry.store import RegistryStore
 from services.registry.watch import watch_states
 
@@ -39,14 +39,14 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     # -- tasks -----------------------------------------------------------------------
     def RegisterTask(self, request: rpb.RegisterTaskRequest, context: Any) -> rpb.RegisterTaskResponse:
         task = convert.task_from_pb(request.task, "task")
-        return convert.registered_to_pb(self.store.register_task(task))
+        return convert.registered_to_pb(self.store.register_task(task, actor=current_caller()))
 
     def ApplyCatalogue(self, request: rpb.ApplyCatalogueRequest, context: Any) -> rpb.ApplyCatalogueResponse:
         name = check_name(request.catalogue, "catalogue")
         tasks = [convert.task_from_pb(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
         # No policy in the request means the built-in budgets, recorded as set by this catalogue.
         policy = convert.policy_from_pb(request.truncation, "truncation").policy if request.HasField("truncation") else None
-        results, revision = self.store.apply_catalogue(tasks, PolicyRecord(policy or TruncationPolicy(), name))
+        results, revision = self.store.apply_catalogue(tasks, PolicyRecord(policy or TruncationPolicy(), name), actor=current_caller())
         return rpb.ApplyCatalogueResponse(results=[convert.registered_to_pb(r) for r in results], revision=revision)
 
     def GetTask(self, request: rpb.GetTaskRequest, context: Any) -> rpb.TaskRecord:
@@ -62,14 +62,14 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
         return rpb.ListTasksResponse(tasks=[convert.task_record_to_pb(r) for r in records])
 
     def RetireTask(self, request: rpb.RetireTaskRequest, context: Any) -> rpb.TaskRecord:
-        return convert.task_record_to_pb(self.store.retire_task(request.name))
+        return convert.task_record_to_pb(self.store.retire_task(request.name, actor=current_caller()))
 
     def GetTruncationPolicy(self, request: rpb.GetTruncationPolicyRequest, context: Any) -> Any:
         return convert.policy_to_pb(self.store.policy())
 
     # -- checkpoints ------------------------------------------------------------------
     def RegisterCheckpoint(self, request: rpb.RegisterCheckpointRequest, context: Any) -> rpb.RegisterCheckpointResponse:
-        record, changed = self.store.register_checkpoint(request.path)
+        record, changed = self.store.register_checkpoint(request.path, actor=current_caller())
         return rpb.RegisterCheckpointResponse(checkpoint=convert.checkpoint_to_pb(record), changed=changed)
 
     def GetCheckpoint(self, request: rpb.GetCheckpointRequest, context: Any) -> rpb.Checkpoint:
@@ -81,12 +81,12 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     # -- routes ---------------------------------------------------------------------------
     def SetRoute(self, request: rpb.SetRouteRequest, context: Any) -> rpb.SetRoutesResponse:
         change = convert.route_change_from_pb(request.route, "route")
-        updates, revision = self.store.set_routes([change], request.reason, where="route")
+        updates, revision = self.store.set_routes([change], request.reason, where="route", actor=current_caller())
         return convert.route_updates_to_pb(updates, revision)
 
     def SetRoutes(self, request: rpb.SetRoutesRequest, context: Any) -> rpb.SetRoutesResponse:
         changes = [convert.route_change_from_pb(c, f"routes[{i}]") for i, c in enumerate(request.routes)]
-        updates, revision = self.store.set_routes(changes, request.reason)
+        updates, revision = self.store.set_routes(changes, request.reason, actor=current_caller())
         return convert.route_updates_to_pb(updates, revision)
 
     def GetRoutes(self, request: rpb.GetRoutesRequest, context: Any) -> rpb.RouteTable:
@@ -94,7 +94,7 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
         return rpb.RouteTable(routes=[convert.route_to_pb(r) for r in routes], revision=revision)
 
     def RollbackRoute(self, request: rpb.RollbackRouteRequest, context: Any) -> rpb.Route:
-        return convert.route_to_pb(self.store.rollback(request.task))
+        return convert.route_to_pb(self.store.rollback(request.task, actor=current_caller()))
 
     def GetRouteHistory(self, request: rpb.GetRouteHistoryRequest, context: Any) -> rpb.RouteHistory:
         return convert.history_to_pb(self.store.route_history(request.task))
@@ -124,13 +124,14 @@ def create_server(
     given. Returns the server and the bound port."""
     settings = settings or load_settings()
     own_store = store is None
-    store = store or RegistryStore(settings.registry_database_url)
+    store = store or RegistryStore(settings.registry_database_url, checkpoint_roots=settings.registry_checkpoint_roots)
     service = RegistryService(
         [SERVICE_NAME],
         service="registry",
         max_workers=settings.registry.max_workers,
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
+        tokens=token_store(settings, "registry", address),
     )
     service.store = store
     servicer = RegistryServicer(store, watch_poll_seconds=settings.registry.watch_poll_seconds)

@@ -18,7 +18,7 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from mtserve import db
 from mtserve.checkpoints import MANIFEST, check_checkpoint_id, manifest_sha256, verify_checkpoint
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
 from mtserve.records import (
+    AuditEntry,
     CheckpointRecord,
     PolicyRecord,
     Registered,
@@ -67,15 +68,26 @@ class _Tx:
     conn: Connection
     revision: int  # the revision this transaction commits as
     now: str
+    actor: str = ""
     changed: bool = False
+    audit: list[tuple[str, str, str]] = field(default_factory=list)  # (action, target, reason)
+
+    def record(self, action: str, target: str, reason: str = "") -> None:
+        """Note a change for the audit log, written with the commit."""
+        self.changed = True
+        self.audit.append((action, target, reason))
 
 
 class RegistryStore:
     """Tasks, checkpoints and routes in a SQL database. Thread-safe: each call
     uses its own connection and transaction."""
 
-    def __init__(self, url: str, *, run_migrations: bool = True):
+    def __init__(self, url: str, *, run_migrations: bool = True, checkpoint_roots: Sequence[Path] | None = None):
+        """`checkpoint_roots`: the folders registered checkpoints must lie in
+        (the server passes the settings'); None accepts any folder (a store
+        used in-process by its owner)."""
         self.url = url
+        self.checkpoint_roots = None if checkpoint_roots is None else [Path(r).expanduser().resolve() for r in checkpoint_roots]
         self.engine = make_engine(url)
         if run_migrations:
             migrate(self.engine)
@@ -96,20 +108,23 @@ class RegistryStore:
                 yield conn
 
     @contextmanager
-    def _write(self) -> Iterator[_Tx]:
+    def _write(self, actor: str = "") -> Iterator[_Tx]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(**{db.WRITE: True})
             tx = conn.begin()
             try:
                 conn.execute(update(t.registry_state).where(t.registry_state.c.id == 1).values(revision=t.registry_state.c.revision + 1))
                 revision = conn.execute(select(t.registry_state.c.revision).where(t.registry_state.c.id == 1)).scalar_one()
-                state = _Tx(conn, int(revision), utcnow())
+                state = _Tx(conn, int(revision), utcnow(), actor)
                 yield state
             except BaseException:
                 tx.rollback()
                 raise
             if state.changed:
                 conn.execute(update(t.registry_state).where(t.registry_state.c.id == 1).values(updated_at=state.now))
+                for action, target, reason in state.audit:
+                    conn.execute(t.audit_log.insert().values(
+                        revision=state.revision, at=state.now, actor=actor, action=action, target=target, reason=reason))
                 tx.commit()
                 with self.changed:
                     self.changed.notify_all()
@@ -125,18 +140,19 @@ class RegistryStore:
         return int(conn.execute(select(t.registry_state.c.revision).where(t.registry_state.c.id == 1)).scalar_one())
 
     # -- tasks ------------------------------------------------------------------------
-    def register_task(self, task: Task) -> Registered:
-        with self._write() as tx:
+    # Every write takes `actor`, the caller's token name, for the audit log.
+    def register_task(self, task: Task, *, actor: str = "") -> Registered:
+        with self._write(actor) as tx:
             return self._register(tx, task)
 
-    def apply_catalogue(self, tasks: Sequence[Task], policy: PolicyRecord) -> tuple[list[Registered], int]:
+    def apply_catalogue(self, tasks: Sequence[Task], policy: PolicyRecord, *, actor: str = "") -> tuple[list[Registered], int]:
         """Register every task and set the truncation policy, in one transaction."""
         seen: dict[str, int] = {}
         for i, task in enumerate(tasks):
             if task.name in seen:
                 raise ValidationError(f"tasks[{i}].name", f"duplicate task name (also tasks[{seen[task.name]}])", task.name)
             seen[task.name] = i
-        with self._write() as tx:
+        with self._write(actor) as tx:
             results = [self._register(tx, task) for task in tasks]
             current = self._policy(tx.conn)
             if current != policy:
@@ -145,7 +161,7 @@ class RegistryStore:
                     .where(t.registry_state.c.id == 1)
                     .values(truncation_json=json.dumps(policy.policy.to_list()), truncation_source=policy.source)
                 )
-                tx.changed = True
+                tx.record("set_policy", policy.source or "truncation policy")
             revision = tx.revision if tx.changed else tx.revision - 1
         return results, revision
 
@@ -166,7 +182,7 @@ class RegistryStore:
                 version, changed = row.latest_version, retired
                 if retired:  # registering a retired task serves it again
                     conn.execute(update(t.tasks).where(t.tasks.c.name == task.name).values(status=TaskStatus.ACTIVE.value, updated_at=tx.now))
-                    tx.changed = True
+                    tx.record("register_task", f"{task.name} v{version}", "registered again: active")
                 return Registered(self._record(conn, task.name, version), changed)
             version, changed = row.latest_version + 1, True
             conn.execute(
@@ -177,7 +193,7 @@ class RegistryStore:
                 name=task.name, version=version, content_hash=digest, definition_json=json.dumps(body.to_dict(), ensure_ascii=False), created_at=tx.now
             )
         )
-        tx.changed = True
+        tx.record("register_task", f"{task.name} v{version}")
         return Registered(self._record(conn, task.name, version), changed)
 
     def _record(self, conn: Connection, name: str, version: int | None = None) -> TaskRecord:
@@ -224,13 +240,13 @@ class RegistryStore:
             out.append(record)
         return out
 
-    def retire_task(self, name: str) -> TaskRecord:
+    def retire_task(self, name: str, *, actor: str = "") -> TaskRecord:
         check_name(name, "name")
-        with self._write() as tx:
+        with self._write(actor) as tx:
             record = self._record(tx.conn, name)
             if record.status is not TaskStatus.RETIRED:
                 tx.conn.execute(update(t.tasks).where(t.tasks.c.name == name).values(status=TaskStatus.RETIRED.value, updated_at=tx.now))
-                tx.changed = True
+                tx.record("retire_task", name)
                 record = self._record(tx.conn, name)
             return record
 
@@ -246,18 +262,23 @@ class RegistryStore:
         return PolicyRecord(TruncationPolicy.from_list(json.loads(row.truncation_json), "stored truncation"), row.truncation_source)
 
     # -- checkpoints --------------------------------------------------------------------
-    def register_checkpoint(self, path: str | Path) -> tuple[CheckpointRecord, bool]:
+    def register_checkpoint(self, path: str | Path, *, actor: str = "") -> tuple[CheckpointRecord, bool]:
         """Verify the folder's manifest and every file hash, then record it.
         The same manifest again is a no-op (the path is updated if the folder
         moved); another manifest under a registered id is refused: checkpoints
         are immutable."""
         if not str(path).strip():
             raise ValidationError("path", "must name a checkpoint folder", str(path))
-        folder = Path(path).expanduser().resolve()
+        folder = Path(path).expanduser().resolve()  # symlinks resolved: a link cannot lead out
+        if self.checkpoint_roots is not None and not any(folder.is_relative_to(root) for root in self.checkpoint_roots):
+            raise ValidationError(
+                "path", f"must be inside a checkpoint root ({', '.join(map(str, self.checkpoint_roots))}; "
+                "settings checkpoints_dir and registry.checkpoint_roots)", str(folder)
+            )
         manifest = verify_checkpoint(folder)  # hashes every file: done before the transaction
         manifest_json = (folder / MANIFEST).read_text(encoding="utf-8")
         digest = manifest_sha256(folder)
-        with self._write() as tx:
+        with self._write(actor) as tx:
             row = tx.conn.execute(select(t.checkpoints).where(t.checkpoints.c.id == manifest.id)).one_or_none()
             if row is not None:
                 if row.manifest_sha256 != digest:
@@ -267,7 +288,7 @@ class RegistryStore:
                     )
                 if row.path != str(folder):
                     tx.conn.execute(update(t.checkpoints).where(t.checkpoints.c.id == manifest.id).values(path=str(folder)))
-                    tx.changed = True
+                    tx.record("register_checkpoint", manifest.id, f"moved to {folder}")
                     return self._checkpoint(tx.conn, manifest.id), True
                 return self._checkpoint(tx.conn, manifest.id), False
             tx.conn.execute(
@@ -275,7 +296,7 @@ class RegistryStore:
                     id=manifest.id, path=str(folder), kind=manifest.kind, manifest_json=manifest_json, manifest_sha256=digest, registered_at=tx.now
                 )
             )
-            tx.changed = True
+            tx.record("register_checkpoint", manifest.id, str(folder))
             return self._checkpoint(tx.conn, manifest.id), True
 
     @staticmethod
@@ -296,7 +317,9 @@ class RegistryStore:
         return [CheckpointRecord(r.id, r.path, r.kind, r.manifest_json, r.manifest_sha256, r.registered_at) for r in rows]
 
     # -- routes ---------------------------------------------------------------------------
-    def set_routes(self, changes: Sequence[RouteChange], reason: str = "", where: str = "routes") -> tuple[list[RouteUpdate], int]:
+    def set_routes(
+        self, changes: Sequence[RouteChange], reason: str = "", where: str = "routes", *, actor: str = ""
+    ) -> tuple[list[RouteUpdate], int]:
         """Set many routes in one transaction: all of them or, on any error, none."""
         single = where != "routes"
         seen: dict[str, int] = {}
@@ -309,7 +332,7 @@ class RegistryStore:
             if change.task in seen:
                 raise ValidationError(f"{at}.task", f"appears twice (also {where}[{seen[change.task]}]); a task takes one route", change.task)
             seen[change.task] = i
-        with self._write() as tx:
+        with self._write(actor) as tx:
             updates = []
             for i, change in enumerate(changes):
                 at = where if single else f"{where}[{i}]"
@@ -333,7 +356,8 @@ class RegistryStore:
             return RouteUpdate(Route(change.task, version, change.checkpoint_id, current.updated_at, current.reason), False)
         history_id = conn.execute(
             t.route_history.insert().values(
-                task_name=change.task, task_version=version, checkpoint_id=change.checkpoint_id, created_at=tx.now, reason=reason, revision=tx.revision
+                task_name=change.task, task_version=version, checkpoint_id=change.checkpoint_id, created_at=tx.now, reason=reason,
+                revision=tx.revision, actor=tx.actor,
             )
         ).inserted_primary_key[0]
         values = {"task_version": version, "checkpoint_id": change.checkpoint_id, "history_id": history_id, "updated_at": tx.now, "reason": reason}
@@ -341,7 +365,7 @@ class RegistryStore:
             conn.execute(t.routes.insert().values(task_name=change.task, **values))
         else:
             conn.execute(update(t.routes).where(t.routes.c.task_name == change.task).values(**values))
-        tx.changed = True
+        tx.record("set_route", f"{change.task} v{version} -> {change.checkpoint_id}", reason)
         return RouteUpdate(Route(change.task, version, change.checkpoint_id, tx.now, reason), True)
 
     def get_routes(self) -> tuple[list[Route], int]:
@@ -354,12 +378,12 @@ class RegistryStore:
         rows = conn.execute(select(t.routes).order_by(t.routes.c.task_name)).all()
         return [Route(r.task_name, r.task_version, r.checkpoint_id, r.updated_at, r.reason) for r in rows]
 
-    def rollback(self, task: str) -> Route:
+    def rollback(self, task: str, *, actor: str = "") -> Route:
         """Restore the route the task had before its current one. Repeated
         rollbacks walk further back; setting a route afterwards starts a new
         entry on top."""
         check_name(task, "task")
-        with self._write() as tx:
+        with self._write(actor) as tx:
             conn = tx.conn
             self._record(conn, task)  # unknown task -> NOT_FOUND
             current = conn.execute(select(t.routes).where(t.routes.c.task_name == task)).one_or_none()
@@ -382,7 +406,7 @@ class RegistryStore:
                 .where(t.routes.c.task_name == task)
                 .values(task_version=previous.task_version, checkpoint_id=previous.checkpoint_id, history_id=previous.id, updated_at=tx.now, reason=reason)
             )
-            tx.changed = True
+            tx.record("rollback", f"{task} v{previous.task_version} -> {previous.checkpoint_id}", reason)
             return Route(task, previous.task_version, previous.checkpoint_id, tx.now, reason)
 
     def route_history(self, task: str) -> list[RouteHistoryEntry]:
@@ -392,9 +416,15 @@ class RegistryStore:
             current = conn.execute(select(t.routes.c.history_id).where(t.routes.c.task_name == task)).scalar_one_or_none()
             rows = conn.execute(select(t.route_history).where(t.route_history.c.task_name == task).order_by(t.route_history.c.id.desc())).all()
         return [
-            RouteHistoryEntry(Route(r.task_name, r.task_version, r.checkpoint_id, r.created_at, r.reason), r.id == current, r.rolled_back_at or "")
+            RouteHistoryEntry(Route(r.task_name, r.task_version, r.checkpoint_id, r.created_at, r.reason), r.id == current, r.rolled_back_at or "", r.actor)
             for r in rows
         ]
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest `limit` writes, newest first."""
+        with self._read() as conn:
+            rows = conn.execute(select(t.audit_log).order_by(t.audit_log.c.id.desc()).limit(limit)).all()
+        return [AuditEntry(r.revision, r.at, r.actor, r.action, r.target, r.reason) for r in rows]
 
     # -- what inference replicas follow ------------------------------------------------------
     def snapshot(self) -> RegistryState:

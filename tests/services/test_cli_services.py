@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.tasks import builtin_catalogue_path
+from mtserve_api.client import connect
 from mtserve_cli import main
 
 from .conftest import SAMPLES, make_settings, start_stack, wait_for
@@ -144,7 +145,7 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 def serving(address: str) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with connect(address) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="mtserve.v1.Inference"), timeout=5).status
     except grpc.RpcError:
         return False

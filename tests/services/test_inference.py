@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import math
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.tasks import Channel, Taxonomy
+from mtserve_api.client import connect
 from mtserve_cli import main
 
 from .conftest import SAMPLES, classification_input, sample
@@ -83,7 +83,7 @@ def test_model_info(served, hotel):
 def test_health_is_serving_and_reflection_lists_the_service(served):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(served.inference_address) as channel:
+    with connect(served.inference_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "mtserve.v1.Inference"):
             assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == health_pb2.HealthCheckResponse.SERVING

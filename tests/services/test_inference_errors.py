@@ -12,6 +12,7 @@ from mtserve.checkpoints import write_manifest
 from mtserve.records import RouteChange
 from mtserve.tasks import parse_task
 from mtserve_api import convert
+from mtserve_api.client import connect
 from mtserve_api.v1 import common_pb2 as cpb
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
@@ -31,7 +32,7 @@ def stack(tmp_path_factory, hotel, tiny_llama_dir):
 @pytest.fixture(scope="module")
 def stub(stack):
     # A raw stub without the client's retry config: what any caller sees.
-    with grpc.insecure_channel(stack.inference_address) as channel:
+    with connect(stack.inference_address) as channel:
         yield ipb_grpc.InferenceStub(channel)
 
 

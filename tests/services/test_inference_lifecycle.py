@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mtserve.models import load_checkpoint
 from mtserve_api import convert
+from mtserve_api.client import connect
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 
@@ -55,7 +56,7 @@ class GatedLoader:
 
 
 def health(address: str, service: str = "mtserve.v1.Inference") -> int:
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
@@ -91,7 +92,7 @@ def test_health_is_not_serving_until_the_routed_models_are_loaded(gated):
     assert loader.loading.wait(30)  # the watcher got the snapshot and is loading tiny-llama
     assert health(stack.inference_address) == NOT_SERVING
     assert health(stack.inference_address, "") == NOT_SERVING
-    with grpc.insecure_channel(stack.inference_address) as channel:
+    with connect(stack.inference_address) as channel:
         stub = ipb_grpc.InferenceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=10)
@@ -108,7 +109,7 @@ def test_a_full_queue_answers_resource_exhausted(gated):
     wait_for(lambda: health(stack.inference_address) == SERVING, "models loaded")
     model = loader.models["tiny-llama"]
     model.closed = True
-    with grpc.insecure_channel(stack.inference_address) as channel:
+    with connect(stack.inference_address) as channel:
         stub = ipb_grpc.InferenceStub(channel)
         running, running_out = classify_in_thread(stub)
         assert model.entered.wait(30)  # in the forward pass: the queue is empty again
@@ -134,7 +135,7 @@ def test_a_call_past_its_deadline_is_dropped_before_compute(gated):
     model = loader.models["tiny-llama"]
     model.closed = True
     batcher = stack.inference.core.serving.models["tiny-llama"].batcher
-    with grpc.insecure_channel(stack.inference_address) as channel:
+    with connect(stack.inference_address) as channel:
         stub = ipb_grpc.InferenceStub(channel)
         running, running_out = classify_in_thread(stub)
         assert model.entered.wait(30)
@@ -157,7 +158,7 @@ def test_graceful_shutdown(gated):
     model = loader.models["tiny-llama"]
     model.closed = True
     address = stack.inference_address
-    channel = grpc.insecure_channel(address)
+    channel = connect(address)
     stub = ipb_grpc.InferenceStub(channel)
     in_flight, in_flight_out = classify_in_thread(stub)
     assert model.entered.wait(30)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mtserve.errors import ValidationError
 from mtserve.records import RouteChange
 from mtserve_api import convert
+from mtserve_api.client import connect
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.server import Service
@@ -34,7 +35,7 @@ def registry(db_url, tmp_path, hotel, tiny_llama_dir, tiny_qwen_dir):
     client.apply_catalogue(hotel)
     client.register_checkpoint(str(tiny_llama_dir))
     client.register_checkpoint(str(tiny_qwen_dir))
-    channel = grpc.insecure_channel(address)
+    channel = connect(address)
     yield service, address, client, rpb_grpc.RegistryStub(channel)
     channel.close()
     client.close()
@@ -113,7 +114,7 @@ def test_client_errors_are_domain_errors_naming_the_server(registry):
 
 def test_health_and_reflection(registry):
     _, address, _, _ = registry
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in ("", "mtserve.v1.Registry"):
             assert health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
@@ -194,7 +195,7 @@ def test_the_interceptor_hides_unexpected_errors_and_maps_domain_errors(caplog):
     port = service.bind("127.0.0.1:0")
     service.start()
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with connect(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary("/test.Echo/Call")
             expected = {
                 "full": grpc.StatusCode.RESOURCE_EXHAUSTED,

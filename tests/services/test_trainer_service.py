@@ -21,6 +21,7 @@ import yaml
 
 from mtserve.checkpoints import read_manifest
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
+from mtserve_api.client import connect
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from mtserve_cli import main
@@ -139,7 +140,7 @@ def test_submit_watch_status_through_the_cli(trainer, tmp_path, tiny_llama_dir, 
     assert [e["seq"] for e in replay] == [e["seq"] for e in events]
     middle = events[len(events) // 2]["seq"]
     assert next(v["seq"] for kind, v in client.watch_job(job_id, from_seq=middle) if kind == "event") == middle
-    with grpc.insecure_channel(address) as channel:
+    with connect(address) as channel:
         raw = [m.event for m in tpb_grpc.TrainerStub(channel).WatchJob(tpb.WatchJobRequest(id=job_id), timeout=30) if m.HasField("event")]
     first_step = next(m for m in raw if m.event == "step")
     assert first_step.HasField("loss") and first_step.HasField("tokens_per_s") and first_step.steps > 0 and first_step.stage

@@ -1,0 +1,149 @@
+"""Who may call what, over real gRPC: every RPC of the three services, called
+with no token, an unknown token and a token of each role; only the
+combinations the role table allows get past the interceptor. Health answers
+without a token; revoking a token takes effect without a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mtserve.auth import Role, TokenStore
+from mtserve.config import load_settings
+from mtserve_api.client import connect
+from mtserve_api.roles import ROLE_OF, allows
+from mtserve_api.v1 import inference_pb2, registry_pb2, trainer_pb2
+
+SERVICES = {"Registry": registry_pb2, "Inference": inference_pb2, "Trainer": trainer_pb2}
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+CALLERS = ["none", "unknown", *[r.label for r in Role]]
+DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+def every_rpc() -> dict[str, Any]:
+    """Full method name -> its method descriptor, from the generated stubs."""
+    out = {}
+    for name, module in SERVICES.items():
+        for method in module.DESCRIPTOR.services_by_name[name].methods:
+            out[f"/mtserve.v1.{name}/{method.name}"] = method
+    return out
+
+
+def test_the_role_table_names_every_rpc_and_nothing_else():
+    rpcs = set(every_rpc())
+    assert rpcs - set(ROLE_OF) == set(), "RPCs without a role (refused to everyone until added to mtserve_api/roles.py)"
+    assert set(ROLE_OF) - rpcs == {REFLECTION}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Registry, inference and trainer services on one home, and a token of each role."""
+    from services.inference.server import create_server as inference_server
+    from services.registry.server import create_server as registry_server
+    from services.trainer.server import create_server as trainer_server
+
+    home = tmp_path_factory.mktemp("auth-home")
+    settings = load_settings(overrides={"home": str(home), "device": "cpu", "dtype": "float32"}, env={})
+    servers = []
+    addresses = {}
+    for name, create in (("Registry", registry_server), ("Inference", inference_server), ("Trainer", trainer_server)):
+        kw: dict[str, Any] = {"watch": False} if name == "Inference" else {}
+        if name == "Trainer":
+            kw["jobs_dir"] = str(home / "jobs")
+        service, port = create("127.0.0.1:0", settings, **kw)
+        servers.append(service.start())
+        addresses[name] = f"127.0.0.1:{port}"
+    store = TokenStore(home)
+    tokens = {role.label: store.create(f"test-{role.label}", role) for role in Role}
+    tokens["unknown"] = "mts_" + "x" * 43
+    yield {"addresses": addresses, "tokens": tokens, "store": store, "home": home}
+    for service in servers:
+        service.stop(grace=1)
+
+
+def call(address: str, method: str, descriptor: Any, token: str | None) -> grpc.StatusCode:
+    """Call `method` with an empty request; the status it ends with."""
+    from google.protobuf import message_factory
+
+    request = message_factory.GetMessageClass(descriptor.input_type)()
+    response = message_factory.GetMessageClass(descriptor.output_type)
+    with grpc.insecure_channel(address) as plain:
+        channel = grpc.intercept_channel(plain, *([_bearer(token)] if token else []))
+        if descriptor.server_streaming:
+            stub = channel.unary_stream(method, request_serializer=type(request).SerializeToString,
+                                        response_deserializer=response.FromString)
+            try:
+                next(iter(stub(request, timeout=5)))
+            except StopIteration:
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+            return grpc.StatusCode.OK
+        stub = channel.unary_unary(method, request_serializer=type(request).SerializeToString, response_deserializer=response.FromString)
+        try:
+            stub(request, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+
+def _bearer(token: str) -> Any:
+    from mtserve_api.client import BearerToken
+
+    return BearerToken(token)
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("method", sorted(every_rpc()))
+def test_only_the_roles_the_table_allows_get_through(stack, method, caller):
+    service = method.split("/")[1].split(".")[-1]
+    token = None if caller == "none" else stack["tokens"][caller]
+    code = call(stack["addresses"][service], method, every_rpc()[method], token)
+    if caller in ("none", "unknown"):
+        assert code is grpc.StatusCode.UNAUTHENTICATED
+    elif allows(method, Role.parse(caller)):
+        assert code not in DENIED, f"{caller} refused {method}"  # past the interceptor: the servicer answered
+    else:
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_refusals_tell_a_guesser_nothing_and_a_member_what_it_lacks(stack):
+    address = stack["addresses"]["Registry"]
+    with pytest.raises(grpc.RpcError) as unknown, connect(address, token="mts_guess") as channel:
+        channel.unary_unary("/mtserve.v1.Registry/GetRoutes")(b"", timeout=5)
+    assert unknown.value.details() == "missing or unknown bearer token"
+    with pytest.raises(grpc.RpcError) as low, connect(address, token=stack["tokens"]["client"]) as channel:
+        channel.unary_unary("/mtserve.v1.Registry/SetRoute")(b"", timeout=5)
+    assert low.value.details() == "/mtserve.v1.Registry/SetRoute needs the admin role; token 'test-client' has role client"
+
+
+def test_health_answers_without_a_token_and_reflection_needs_one(stack):
+    address = stack["addresses"]["Inference"]
+    with grpc.insecure_channel(address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status in (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as refused:
+        list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]), timeout=5))
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    with connect(address, token=stack["tokens"]["client"]) as channel:
+        names = {s.name for r in reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([request]), timeout=5)
+                 for s in r.list_services_response.service}
+    assert "mtserve.v1.Inference" in names
+
+
+def test_a_revoked_token_is_refused_by_running_services(stack):
+    store: TokenStore = stack["store"]
+    secret = store.create("soon-revoked", Role.CLIENT)
+    address, method = stack["addresses"]["Registry"], "/mtserve.v1.Registry/GetRoutes"
+    descriptor = every_rpc()[method]
+    assert call(address, method, descriptor, secret) is grpc.StatusCode.OK
+    TokenStore(Path(stack["home"])).revoke("soon-revoked")  # another process's view of the same file
+    assert call(address, method, descriptor, secret) is grpc.StatusCode.UNAUTHENTICATED

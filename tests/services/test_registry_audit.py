@@ -1,0 +1,60 @@
+"""Every registry write records who made it (the token's name), when and why;
+checkpoints register only from inside the checkpoint roots."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mtserve.auth import Role, TokenStore
+from mtserve.errors import ValidationError
+from mtserve.records import RouteChange
+from mtserve_api.registry import RegistryClient
+
+from .conftest import make_settings, start_registry
+
+
+@pytest.fixture
+def registry(tmp_path, session_home, hotel, tiny_llama_dir):
+    service, address = start_registry(make_settings(tmp_path))
+    alice = TokenStore(session_home).create(f"alice-{tmp_path.name}"[:60], Role.ADMIN)
+    with RegistryClient(address, timeout=20, token=alice) as client:
+        yield service, client, f"alice-{tmp_path.name}"[:60]
+    service.stop(grace=1)
+
+
+def test_route_history_and_the_audit_log_name_the_caller(registry, hotel, tiny_llama_dir):
+    service, client, alice = registry
+    client.apply_catalogue(hotel)
+    checkpoint = client.register_checkpoint(str(tiny_llama_dir))[0].id
+    client.set_routes([RouteChange("csa", checkpoint)], reason="first rollout")
+    entries = client.route_history("csa")
+    assert [(e.actor, e.route.reason) for e in entries] == [(alice, "first rollout")]
+    log = service.store.audit_log()
+    assert (log[0].actor, log[0].action, log[0].target, log[0].reason) == (alice, "set_route", f"csa v1 -> {checkpoint}", "first rollout")
+    actions = {e.action for e in log}
+    assert {"register_task", "set_policy", "register_checkpoint", "set_route"} <= actions
+    assert all(e.actor == alice and e.at for e in log)
+    # a write that changes nothing records nothing
+    before = len(service.store.audit_log())
+    client.set_routes([RouteChange("csa", checkpoint)], reason="same again")
+    assert len(service.store.audit_log()) == before
+
+
+def test_checkpoints_register_only_from_inside_the_checkpoint_roots(registry, tmp_path, tiny_llama_dir):
+    _, client, _ = registry
+    outside = tmp_path / "elsewhere" / "tiny"
+    shutil.copytree(tiny_llama_dir, outside)
+    with pytest.raises(ValidationError) as refused:
+        client.register_checkpoint(str(outside))
+    assert "path: must be inside a checkpoint root" in str(refused.value) and str(outside) in str(refused.value)
+    link = Path(tiny_llama_dir).parent / f"link-out-{tmp_path.name}"
+    link.symlink_to(outside)
+    try:
+        with pytest.raises(ValidationError, match="must be inside a checkpoint root"):
+            client.register_checkpoint(str(link))  # resolved first: a link inside cannot lead out
+    finally:
+        link.unlink()
+    assert client.register_checkpoint(str(tiny_llama_dir))[0].id == "tiny-llama"
