@@ -107,7 +107,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or load_settings()
     app = Celery("mtserve-batch", include=["batch.tasks"])
     app.conf.update(celery_config(settings))
-    app.mtserve_settings = settings  # type: ignore[attr-defined]
+    app.mtserve_settings = settings
     return app
 
 

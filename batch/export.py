@@ -7,13 +7,17 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from batch.store import ResultRow, ResultStore
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _BATCH_ROWS = 5000
 
 
-def _schema():  # type: ignore[no-untyped-def]
+def _schema() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema(

@@ -18,7 +18,7 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ class _TaskStats:
         return {"answer": answer, "accuracy": _ratio(self.gt_gold[best], self.gt_n)}
 
 
-def _label_rank(names: Sequence[str]):  # type: ignore[no-untyped-def]
+def _label_rank(names: Sequence[str]) -> Callable[[Any], tuple[int, str]]:
     """Sort key of a label: the task's label order; a label the task does not
     list (another version's) after them all, by name."""
     order = {name: i for i, name in enumerate(names)}
@@ -268,7 +268,7 @@ def build_report(
     }
 
 
-def _task_order(tasks: Mapping[str, Task]):  # type: ignore[no-untyped-def]
+def _task_order(tasks: Mapping[str, Task]) -> Callable[[str], tuple[int, str]]:
     order = {name: i for i, name in enumerate(tasks)}
     return lambda name: (order.get(name, len(order)), name)
 

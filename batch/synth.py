@@ -597,7 +597,11 @@ def im_style(lines: Lines, rng: random.Random, f: Facts) -> Lines:
 
 def code_switch(text: str, rng: random.Random) -> str:
     for en, zh in ZH_PHRASES:
-        text = re.sub(rf"\b{re.escape(en)}\b", lambda m, zh=zh: zh if rng.random() < ZH_PHRASE_RATE else m.group(0), text, flags=re.IGNORECASE)
+
+        def swap(m: re.Match[str], zh: str = zh) -> str:
+            return zh if rng.random() < ZH_PHRASE_RATE else m.group(0)
+
+        text = re.sub(rf"\b{re.escape(en)}\b", swap, text, flags=re.IGNORECASE)
     return text
 
 
@@ -1042,10 +1046,11 @@ def label_rates(day_or_days: SynthDay | Iterable[SynthDay]) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     totals: dict[str, int] = {}
     for day in days:
-        for item in [*day.conversations, *day.emails, *day.reviews]:
-            for task, label in item.labels.items():
-                totals[task] = totals.get(task, 0) + 1
-                bucket = counts.setdefault(task, {})
+        items: list[SynthConversation | SynthText] = [*day.conversations, *day.emails, *day.reviews]
+        for item in items:
+            for task_name, label in item.labels.items():
+                totals[task_name] = totals.get(task_name, 0) + 1
+                bucket = counts.setdefault(task_name, {})
                 for name in (label if isinstance(label, list) else [label]):
                     bucket[name] = bucket.get(name, 0) + 1
     out: dict[str, Any] = {}
@@ -1097,7 +1102,8 @@ def to_task_datasets(
     examples: dict[str, dict[str, list[dict[str, Any]]]] = {}
     seen: set[str] = set()
     for day in days:
-        for item in [*day.conversations, *day.emails, *day.reviews]:
+        items: list[SynthConversation | SynthText] = [*day.conversations, *day.emails, *day.reviews]
+        for item in items:
             if item.id in seen:
                 raise ValidationError("day_or_days", "the same item appears twice (the same day given twice?)", item.id)
             seen.add(item.id)
@@ -1109,9 +1115,9 @@ def to_task_datasets(
                 # trainer.data allows no extra field on a text line: the SYN- id
                 # prefix and the README mark these as synthetic.
                 base = {"id": item.id, "text": item.record["text"], "channel": item.record["channel"]}
-            for task, label in item.labels.items():
-                key = "target" if catalogue.task(task).is_generation else "label"
-                examples.setdefault(task, {s: [] for s in SPLITS})[split].append({**base, key: label})
+            for task_name, label in item.labels.items():
+                key = "target" if catalogue.task(task_name).is_generation else "label"
+                examples.setdefault(task_name, {s: [] for s in SPLITS})[split].append({**base, key: label})
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text(

@@ -44,36 +44,36 @@ class RegistrySettings(_Section):
     # (`checkpoints_dir`) and inside these folders only.
     checkpoint_roots: list[str] = Field(default_factory=list)
     # gRPC server: each Watch stream (one per inference replica) holds a worker thread.
-    max_workers: int = Field(32, ge=2)
-    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
-    shutdown_grace_seconds: float = Field(10.0, ge=0)
+    max_workers: int = Field(default=32, ge=2)
+    max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # How often a Watch stream re-reads the revision, to see writes made by
     # another registry replica on the same database (local writes wake it at once).
-    watch_poll_seconds: float = Field(1.0, gt=0)
+    watch_poll_seconds: float = Field(default=1.0, gt=0)
     # Deadline of each call the CLI and other clients make to the registry.
-    client_timeout_seconds: float = Field(30.0, gt=0)
+    client_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class InferenceSettings(_Section):
     address: str = "127.0.0.1:50052"
     registry_address: str | None = None  # defaults to registry.address
     # Dynamic batching: requests for different tasks share forward passes.
-    max_batch_tokens: int = Field(8192, ge=64)
-    max_batch_requests: int = Field(64, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
-    queue_size: int = Field(256, ge=1)
+    max_batch_tokens: int = Field(default=8192, ge=64)
+    max_batch_requests: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
+    queue_size: int = Field(default=256, ge=1)
     # Where the last-known-good copy of tasks and routes is kept, for serving
     # through a registry outage (under home by default).
     state_file: str | None = None
     # gRPC server: a call waiting for its batch holds a worker thread.
-    max_workers: int = Field(64, ge=2)
-    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
-    shutdown_grace_seconds: float = Field(30.0, ge=0)
+    max_workers: int = Field(default=64, ge=2)
+    max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Reconnecting to the registry's Watch: exponential backoff with jitter.
-    reconnect_initial_seconds: float = Field(0.5, gt=0)
-    reconnect_max_seconds: float = Field(30.0, gt=0)
+    reconnect_initial_seconds: float = Field(default=0.5, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
     # Deadline of each call clients (CLI, batch scorer) make to the service.
-    client_timeout_seconds: float = Field(60.0, gt=0)
+    client_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 class BatchSettings(_Section):
@@ -85,32 +85,32 @@ class BatchSettings(_Section):
     # share one Redis without seeing each other's messages.
     key_prefix: str = ""
     queue: str = "mtserve-batch"
-    chunk_size: int = Field(25, ge=1)
+    chunk_size: int = Field(default=25, ge=1)
     # Conversations per scorer call: the local engine batches their prefixes
     # together; results are committed after each group, so a chunk that is cut
     # short resumes after its last committed group.
-    conversations_per_call: int = Field(8, ge=1)
+    conversations_per_call: int = Field(default=8, ge=1)
     # Redis redelivers an unacknowledged task after this many seconds: it must
     # be longer than the longest chunk (see batch/celery_app.py).
-    visibility_timeout: int = Field(3600, ge=1)
+    visibility_timeout: int = Field(default=3600, ge=1)
     # Hard limit: the worker process running the chunk is killed. The soft
     # limit (default 90% of the hard one) raises inside the task, which then
     # hands the chunk back with a retry; the retry skips what was committed.
-    chunk_time_limit: int = Field(1800, ge=1)
-    chunk_soft_time_limit: int | None = Field(None, ge=1)
+    chunk_time_limit: int = Field(default=1800, ge=1)
+    chunk_soft_time_limit: int | None = Field(default=None, ge=1)
     # How often a worker looks for unacknowledged messages older than the
     # visibility timeout (a dead worker's chunks) and puts them back in the queue.
-    restore_interval: int = Field(10, ge=1)
+    restore_interval: int = Field(default=10, ge=1)
     # Retries of a chunk when the inference service is UNAVAILABLE or
     # overloaded: exponential backoff (1, 2, 4, ... s, jittered) capped here.
-    max_retries: int = Field(8, ge=0)
-    retry_backoff_max: int = Field(120, ge=1)
+    max_retries: int = Field(default=8, ge=0)
+    retry_backoff_max: int = Field(default=120, ge=1)
     # A job that finished no chunk for this long (default: visibility timeout
     # + chunk time limit, by when a lost message would have come back) is
     # stalled: `batch status --wait`/`batch reconcile` re-enqueue its missing chunks.
-    stall_seconds: float | None = Field(None, gt=0)
+    stall_seconds: float | None = Field(default=None, gt=0)
     # Rounds of re-enqueueing missing chunks before a job is declared incomplete.
-    max_rounds: int = Field(10, ge=1)
+    max_rounds: int = Field(default=10, ge=1)
     # "grpc" scores through the inference service; "local" loads the engine in the worker.
     scorer: Literal["grpc", "local"] = "grpc"
     inference_address: str | None = None  # defaults to inference.address
@@ -121,16 +121,16 @@ class BatchSettings(_Section):
     checkpoint: str | None = None
     # Worker processes per `mtserve worker` (default: 1 for the local scorer,
     # whose one process already uses every core; 4 for grpc, which waits on the network).
-    worker_concurrency: int | None = Field(None, ge=1)
+    worker_concurrency: int | None = Field(default=None, ge=1)
     # How long a new worker process may take to load its scorer (the model)
     # before the worker kills and replaces it; Celery's default of 4 s would
     # kill every process loading a real model, forever.
-    worker_start_timeout: float = Field(600.0, gt=0)
+    worker_start_timeout: float = Field(default=600.0, gt=0)
     # Rejects files, reports and the Parquet export (under home by default).
     output_dir: str | None = None
     # Testing and demos only: sleep this long after each committed group, to
     # watch progress or to kill a worker in the middle of a chunk.
-    debug_pause_seconds: float = Field(0.0, ge=0)
+    debug_pause_seconds: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _limits_fit(self) -> BatchSettings:
@@ -167,19 +167,19 @@ class TrainerSettings(_Section):
     registry_address: str | None = None
     # Jobs running at once; more wait as QUEUED. Two trainings on the same
     # cores or GPU are each much slower than half speed (docs/training.md).
-    max_running_jobs: int = Field(1, ge=1)
+    max_running_jobs: int = Field(default=1, ge=1)
     # Cancelling (and stopping the service): SIGTERM to the job's process
     # group, SIGKILL after this long.
-    cancel_grace_seconds: float = Field(10.0, ge=0)
+    cancel_grace_seconds: float = Field(default=10.0, ge=0)
     # How often running jobs' processes and event logs are looked at.
-    poll_seconds: float = Field(0.2, gt=0)
+    poll_seconds: float = Field(default=0.2, gt=0)
     # gRPC server: each WatchJob stream holds a worker thread.
-    max_workers: int = Field(16, ge=2)
-    max_message_bytes: int = Field(16 * MIB, ge=64 * 1024)
-    shutdown_grace_seconds: float = Field(5.0, ge=0)
+    max_workers: int = Field(default=16, ge=2)
+    max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # Deadline of each call the CLI makes to the service (CancelJob waits for
     # the process to end: it gets cancel_grace_seconds more).
-    client_timeout_seconds: float = Field(30.0, gt=0)
+    client_timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class AuthSettings(_Section):

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from mtserve.errors import ValidationError
 
@@ -110,5 +111,7 @@ def run_alembic_env(metadata: MetaData, version_table: str = "alembic_version") 
         run(connection)
         return
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+    if url is None:  # neither given: the same error create_engine(None) raises
+        raise ArgumentError("Expected string or URL object, got None")
     with create_engine(url).begin() as conn:
         run(conn)

@@ -24,10 +24,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import CacheLayerMixin
 
 from mtserve.errors import MtserveError
 from mtserve.inputs import Input, check_task_accepts, validate_input
@@ -50,6 +51,15 @@ class _Query:
     max_new_tokens: int = 0
     step_logprobs: list[torch.Tensor] = field(default_factory=list)  # per label path: log p of each path token
     generated: list[int] = field(default_factory=list)
+
+
+class _Common(TypedDict):
+    """The Prediction fields every kind of task fills the same way."""
+
+    task: str
+    task_version: int | None
+    prompt_tokens: int
+    truncated: bool
 
 
 class Engine:
@@ -89,6 +99,8 @@ class Engine:
         key = ("multilabel", None) if task.taxonomy is Taxonomy.MULTILABEL else (task.name, task)
         trie = self._tries.get(key)
         if trie is None:
+            names: tuple[str, ...]
+            verbs: tuple[str, ...]
             if task.taxonomy is Taxonomy.MULTILABEL:
                 names, verbs = (MULTILABEL_YES, MULTILABEL_NO), (MULTILABEL_YES, MULTILABEL_NO)
             else:
@@ -144,25 +156,25 @@ class Engine:
     def _prediction(self, req: Request, rin: RenderedInput, queries: list[_Query]) -> Prediction:
         task = req.task
         prompt_tokens = len(rin.ids) + max(len(q.suffix) for q in queries)
-        common = {"task": task.name, "task_version": task.version, "prompt_tokens": prompt_tokens, "truncated": rin.truncated}
+        common: _Common = {"task": task.name, "task_version": task.version, "prompt_tokens": prompt_tokens, "truncated": rin.truncated}
         if task.is_generation:
             q = queries[0]
             text = decode_answer(self.tokenizer, q.generated, self.renderer.end_of_answer_id)
             return Prediction(label=None, labels=(), scores=(), text=text, **common)
         if task.taxonomy is Taxonomy.MULTILABEL:
-            scores = []
+            label_scores: list[LabelScore] = []
             for label, q in zip(task.labels, queries):
                 p_yes, _ = _distribution(q)
-                scores.append(LabelScore(label.name, p_yes))
-            chosen = tuple(s.label for s in scores if s.probability >= task.threshold)
-            top = max(scores, key=lambda s: s.probability).label
-            return Prediction(label=top, labels=chosen, scores=tuple(scores), **common)
+                label_scores.append(LabelScore(label.name, p_yes))
+            chosen = tuple(s.label for s in label_scores if s.probability >= task.threshold)
+            top = max(label_scores, key=lambda s: s.probability).label
+            return Prediction(label=top, labels=chosen, scores=tuple(label_scores), **common)
         probs = _distribution(queries[0])
         scores = tuple(LabelScore(name, p) for name, p in zip(task.label_names, probs))
         top = max(scores, key=lambda s: s.probability).label
-        expected = None
+        expected: float | None = None
         if task.taxonomy is Taxonomy.ORDINAL:
-            expected = sum(s.probability * label.value for s, label in zip(scores, task.labels))  # type: ignore[operator]
+            expected = sum(s.probability * _ordinal_value(label) for s, label in zip(scores, task.labels))
         return Prediction(label=top, labels=(top,), scores=scores, expected_value=expected, **common)
 
     # -- the forward passes ---------------------------------------------------------
@@ -310,10 +322,19 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def _ordinal_value(label: Label) -> float:
+    # parse_task (the only place Labels are built) refuses an ordinal label without a value.
+    assert label.value is not None, f"ordinal label {label.name!r} has no value"
+    return label.value
+
+
 def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     """A new cache holding the given rows (repeats allowed); the source is left intact."""
     out = DynamicCache()
     for i, layer in enumerate(cache.layers):
+        # The models scored here are plain decoders: after the prefix pass every
+        # layer is a filled key/value layer (no linear-attention or dummy layers).
+        assert isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None
         out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
     return out
 

@@ -121,8 +121,11 @@ def input_from_dict(data: Mapping[str, Any], where: str = "input") -> Input:
             at = f"{where}.turns[{i}]"
             if not isinstance(t, Mapping):
                 raise ValidationError(at, "must be an object with speaker and text", t)
+            speaker_value = t.get("speaker")
             try:
-                speaker = Speaker(t.get("speaker"))
+                if speaker_value is None:  # Speaker(None) raises the same ValueError
+                    raise ValueError("no speaker")
+                speaker = Speaker(speaker_value)
             except ValueError:
                 raise ValidationError(f"{at}.speaker", "must be agent, customer or system", t.get("speaker")) from None
             ts = t.get("timestamp")

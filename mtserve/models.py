@@ -126,7 +126,8 @@ def load_checkpoint(
     else:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype, attn_implementation=attn, local_files_only=True)
         tok_dir = folder
-    model.to(dev).eval()
+    # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
+    model.to(dev).eval()  # type: ignore[arg-type]
     return LoadedModel(model=model, tokenizer=load_tokenizer(tok_dir), manifest=manifest, path=folder)
 
 
@@ -149,7 +150,8 @@ def _load_plain_folder(folder: Path, *, device: str, dtype: str) -> LoadedModel:
         raise ValidationError("model", f"cannot load the model folder ({first_line})", str(folder)) from None
     slug = re.sub(r"[^a-z0-9._-]+", "-", folder.name.lower()).strip("-._") or "model"
     manifest = Manifest(id=slug[:128], base={"origin": str(folder)}, description="plain Hugging Face folder, not verified")
-    return LoadedModel(model=model.to(dev).eval(), tokenizer=tokenizer, manifest=manifest, path=folder)
+    # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
+    return LoadedModel(model=model.to(dev).eval(), tokenizer=tokenizer, manifest=manifest, path=folder)  # type: ignore[arg-type]
 
 
 def resolve_model_path(model: str | None, checkpoints_root: Path) -> Path:

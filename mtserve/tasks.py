@@ -191,7 +191,7 @@ def _enum(enum_cls: type[StrEnum], value: Any, where: str) -> Any:
     try:
         return enum_cls(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in enum_cls)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in enum_cls)
         raise ValidationError(where, f"must be one of {allowed}", value) from None
 
 

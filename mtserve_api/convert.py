@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, Speaker, Text, TextPair, Turn, validate_input
@@ -41,7 +42,9 @@ from mtserve_api.v1 import registry_pb2 as rpb
 # -- enums ---------------------------------------------------------------------------
 # A proto enum value is the domain value upper-cased behind a prefix:
 # Taxonomy.MULTILABEL <-> TAXONOMY_MULTILABEL, InputKind.TEXT_PAIR <-> INPUT_KIND_TEXT_PAIR.
-_PREFIX = {
+# (A generated enum class is an instance of its metaclass, EnumTypeWrapper:
+# that is where Value, Name and keys live.)
+_PREFIX: dict[type[StrEnum], tuple[str, EnumTypeWrapper]] = {
     Taxonomy: ("TAXONOMY_", cpb.Taxonomy),
     InputKind: ("INPUT_KIND_", cpb.InputKind),
     Channel: ("CHANNEL_", cpb.Channel),
@@ -51,6 +54,20 @@ _PREFIX = {
 }
 
 
+# The generated stubs type an enum field as its proto enum class (an int at run
+# time), so each domain enum maps to its own: a message constructor takes it.
+@overload
+def enum_to_pb(value: Taxonomy | None, enum_cls: type[Taxonomy]) -> cpb.Taxonomy: ...
+@overload
+def enum_to_pb(value: InputKind | None, enum_cls: type[InputKind]) -> cpb.InputKind: ...
+@overload
+def enum_to_pb(value: Channel | None, enum_cls: type[Channel]) -> cpb.Channel: ...
+@overload
+def enum_to_pb(value: Metric | None, enum_cls: type[Metric]) -> cpb.Metric: ...
+@overload
+def enum_to_pb(value: Speaker | None, enum_cls: type[Speaker]) -> cpb.Speaker: ...
+@overload
+def enum_to_pb(value: TaskStatus | None, enum_cls: type[TaskStatus]) -> rpb.TaskStatus: ...
 def enum_to_pb(value: StrEnum | None, enum_cls: type[StrEnum]) -> int:
     prefix, wrapper = _PREFIX[enum_cls]
     return 0 if value is None else wrapper.Value(prefix + value.value.upper())

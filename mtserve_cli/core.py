@@ -78,12 +78,12 @@ def read_input(
         return input_from_dict(data, "input")
     if text is None:
         raise ValidationError("--text", "give --text (and --text-b for a pair) or --input FILE", None, show_value=False)
-    data: dict[str, Any] = {"text": text}
+    fields: dict[str, Any] = {"text": text}
     if text_b is not None:
-        data["text_b"] = text_b
+        fields["text_b"] = text_b
     if channel is not None:
-        data["channel"] = channel
-    return input_from_dict(data, "input")
+        fields["channel"] = channel
+    return input_from_dict(fields, "input")
 
 
 def pick_tasks(catalogue: Catalogue, names: Sequence[str], inp: Input) -> list[Task]:

@@ -305,6 +305,7 @@ def run_cmd(
         if client is not None:
             from trainer.promote import finish_job
 
+            assert address is not None  # set together with client
             try:
                 report = finish_job(out, client, promote=promote, address=address, result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()

@@ -22,6 +22,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from mtserve.errors import MtserveError
 
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         _exit_with_parent(args.exit_with_parent)
     rank = int(os.environ.get("RANK", "0"))
 
-    def emit(event: dict) -> None:
+    def emit(event: Mapping[str, Any]) -> None:
         if rank == 0 and args.events == "jsonl":
             print(json.dumps(event, ensure_ascii=False, default=str), flush=True)
 
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             if registry is not None:
                 from trainer.promote import finish_job
 
+                assert address is not None  # set together with registry
                 report = finish_job(out, registry, promote=promote, address=address, emit=emit,
                                     result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()

@@ -475,6 +475,7 @@ def trivial_baseline(task: Task, train: Sequence[Example], dev: Sequence[Example
         for name in ((ex.label,) if isinstance(ex.label, str) else tuple(ex.label or ())):
             counts[name] = counts.get(name, 0) + 1
     by_freq = sorted(task.label_names, key=lambda n: (-counts[n], task.label_names.index(n)))
+    answer_out: str | tuple[str, ...]
     if task.taxonomy is Taxonomy.MULTILABEL:
         best: tuple[float, tuple[str, ...]] | None = None
         for k in range(len(by_freq) + 1):

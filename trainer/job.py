@@ -137,15 +137,15 @@ class TrainingSpec(_Section):
 
     # null (the default): by model scale, `default_lr` below (Table 6's 3e-5 for
     # models of 1B parameters and more); a number: that rate.
-    lr: Float | None = Field(None, gt=0)
-    micro_batch: Int = Field(1, ge=1)  # Table 6: batch size 1 ...
-    grad_accum: Int = Field(8, ge=1)  # ... x gradient accumulation 8
-    weight_decay: Float = Field(0.0, ge=0)
-    warmup_ratio: Float = Field(0.03, ge=0, lt=1)  # not in the paper; a common fine-tuning value
-    max_grad_norm: Float | None = Field(1.0, gt=0)
+    lr: Float | None = Field(default=None, gt=0)
+    micro_batch: Int = Field(default=1, ge=1)  # Table 6: batch size 1 ...
+    grad_accum: Int = Field(default=8, ge=1)  # ... x gradient accumulation 8
+    weight_decay: Float = Field(default=0.0, ge=0)
+    warmup_ratio: Float = Field(default=0.03, ge=0, lt=1)  # not in the paper; a common fine-tuning value
+    max_grad_norm: Float | None = Field(default=1.0, gt=0)
     # Length grouping: sort the examples of this many optimizer steps by length
     # and cut micro-batches from the sorted list (less padding when micro_batch > 1).
-    length_group_steps: Int = Field(8, ge=1)
+    length_group_steps: Int = Field(default=8, ge=1)
     # Multi-label examples: `sample_one` trains one label question per drawn
     # example (a different one each time it is drawn); `expand` makes every
     # label question its own training example (the task counts n x labels).
@@ -153,30 +153,30 @@ class TrainingSpec(_Section):
     # auto: bf16 autocast where the device has bf16 matrix units (a CUDA GPU that
     # supports it, a CPU with AMX-BF16; mtserve.precision), else fp32.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    state_every_steps: Int = Field(100, ge=1)  # how often the resumable training state is written
-    log_every_steps: Int = Field(1, ge=1)
+    state_every_steps: Int = Field(default=100, ge=1)  # how often the resumable training state is written
+    log_every_steps: Int = Field(default=1, ge=1)
 
 
 class MixtureSpec(_Section):
     """The sampling stages (paper sections 3.1 and 4.2; Table 6 defaults, the
     "Application" column: K 8000, tau 3.33; CLUE used K 20000, tau 2)."""
 
-    stage1_epochs: Float = Field(1.0, gt=0)
-    stage2_epochs: Float = Field(10.0, gt=0)  # also the epochs of the one-stage methods
-    stage1_steps: Int | None = Field(None, ge=1)  # explicit step counts override epochs
-    stage2_steps: Int | None = Field(None, ge=1)
-    cap_k: Int = Field(8000, ge=1)
-    tau: Float = Field(3.33, gt=0)
-    unimax_max_epochs: Float = Field(5.0, gt=0)
+    stage1_epochs: Float = Field(default=1.0, gt=0)
+    stage2_epochs: Float = Field(default=10.0, gt=0)  # also the epochs of the one-stage methods
+    stage1_steps: Int | None = Field(default=None, ge=1)  # explicit step counts override epochs
+    stage2_steps: Int | None = Field(default=None, ge=1)
+    cap_k: Int = Field(default=8000, ge=1)
+    tau: Float = Field(default=3.33, gt=0)
+    unimax_max_epochs: Float = Field(default=5.0, gt=0)
 
 
 class BaselineSpec(_Section):
     """Single-task baselines: one run per task, same code path, best dev checkpoint kept."""
 
     train: bool = True
-    epochs: Float = Field(10.0, gt=0)
-    steps: Int | None = Field(None, ge=1)
-    max_steps: Int | None = Field(None, ge=1)  # default: the job's max_steps
+    epochs: Float = Field(default=10.0, gt=0)
+    steps: Int | None = Field(default=None, ge=1)
+    max_steps: Int | None = Field(default=None, ge=1)  # default: the job's max_steps
 
 
 class ResourceSpec(_Section):
@@ -184,7 +184,7 @@ class ResourceSpec(_Section):
     single-task run (the epoch where its dev metric saturates > saturation_epochs)."""
 
     high: list[str] | None = None
-    saturation_epochs: Float = Field(5.0, gt=0)
+    saturation_epochs: Float = Field(default=5.0, gt=0)
 
 
 class TaskFilterSpec(_Section):
@@ -200,32 +200,32 @@ class Stage0Spec(_Section):
     corpus (documents separated by blank lines), cut into max_seq_len blocks."""
 
     corpus: str
-    epochs: Float = Field(1.0, gt=0)
-    steps: Int | None = Field(None, ge=1)
-    lr: Float | None = Field(None, gt=0)  # default: training.lr
+    epochs: Float = Field(default=1.0, gt=0)
+    steps: Int | None = Field(default=None, ge=1)
+    lr: Float | None = Field(default=None, gt=0)  # default: training.lr
 
 
 class LoraSpec(_Section):
-    r: Int = Field(16, ge=1)
-    alpha: Float = Field(32.0, gt=0)
-    dropout: Float = Field(0.05, ge=0, lt=1)
+    r: Int = Field(default=16, ge=1)
+    alpha: Float = Field(default=32.0, gt=0)
+    dropout: Float = Field(default=0.05, ge=0, lt=1)
     target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
 
 
 class EvalSpec(_Section):
-    every_steps: Int = Field(50, ge=1)  # single-task baselines: dev evaluation period (best kept)
-    multitask_every_steps: Int = Field(0, ge=0)  # multi-task runs: 0 = evaluate at the end only
+    every_steps: Int = Field(default=50, ge=1)  # single-task baselines: dev evaluation period (best kept)
+    multitask_every_steps: Int = Field(default=0, ge=0)  # multi-task runs: 0 = evaluate at the end only
     # At most N dev examples per task: a deterministic sample stratified by label,
     # independent of the file's order (trainer.data.sample_dev); null: all of them.
-    dev_cap: Int | None = Field(1000, ge=1)
+    dev_cap: Int | None = Field(default=1000, ge=1)
     # Warn (result, manifest, CLI) when a label has fewer dev examples than this.
-    min_dev_per_label: Int = Field(10, ge=1)
+    min_dev_per_label: Int = Field(default=10, ge=1)
     # Single-task baselines stop after this many evaluations in a row without a
     # new best dev score (0: train every step); the best evaluation is kept.
-    patience: Int = Field(5, ge=0)
+    patience: Int = Field(default=5, ge=0)
     test: bool = False  # also score the test split with the final checkpoints
-    batch_size: Int = Field(64, ge=1)
-    max_batch_tokens: Int = Field(8192, ge=64)
+    batch_size: Int = Field(default=64, ge=1)
+    max_batch_tokens: Int = Field(default=8192, ge=64)
 
 
 class OutputSpec(_Section):
@@ -241,10 +241,10 @@ class JobSpec(_Section):
     base_model: str | None = None
     method: Method = "two_stage"
     finetune: Literal["full", "lora"] = "full"
-    seed: Int = Field(0, ge=0)
-    max_steps: Int = Field(15000, ge=1)
-    max_seq_len: Int = Field(512, ge=32, le=131072)
-    max_train_examples: Int | None = Field(None, ge=1)
+    seed: Int = Field(default=0, ge=0)
+    max_steps: Int = Field(default=15000, ge=1)
+    max_seq_len: Int = Field(default=512, ge=32, le=131072)
+    max_train_examples: Int | None = Field(default=None, ge=1)
     on_bad_lines: Literal["fail", "report"] = "fail"
     device: str = "auto"
     training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -413,8 +414,9 @@ def load_model(ctx: Context, base_dir: Path, *, lora: bool) -> tuple[Any, Any]:
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(ctx.spec.seed)
+        # peft annotates lora_alpha as int but only divides by it: a float alpha works.
         config = LoraConfig(
-            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+            r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,  # type: ignore[arg-type]
             target_modules=settings.target_modules, task_type="CAUSAL_LM",
         )
         try:
@@ -662,9 +664,11 @@ class _maybe_lock:
         if self.cm is not None:
             self.cm.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.cm is not None:
-            self.cm.__exit__(*exc)
+            self.cm.__exit__(exc_type, exc, tb)
 
 
 def run_single_task(ctx: Context, base_dir: Path, task: Task) -> dict[str, Any]:
@@ -738,6 +742,7 @@ def _finish_single(ctx: Context, rc: RunContext, base_dir: Path, task: Task, mod
         "data": {task.name: _data_record(ctx, task.name, data)}, **_hyper(ctx), "precision": _precision_record(ctx),
         "versions": _versions(),
     }
+    checkpoint: dict[str, Any]
     if zero_shot:
         # Honest: the baseline is the base checkpoint itself; no copy is written.
         checkpoint = {"id": read_manifest(base_dir).id, "path": str(base_dir), "zero_shot": True}

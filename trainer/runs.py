@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ class RunStore:
         return out
 
 
-def run_results(results: list[Mapping[str, Any]], *, model: str | None = None) -> list[Any]:
+def run_results(results: Sequence[Mapping[str, Any]], *, model: str | None = None) -> list[Any]:
     """Finished run results (RunStore.finished()) as trainer.report.RunResult
     rows: a single-task run gives a `single_task` row and a `zero_shot` row (its
     step-0 evaluation), a multi-task run a row of its method. `model` defaults

@@ -39,6 +39,22 @@ STRATEGIES: tuple[str, ...] = (
 # --------------------------------------------------------------------------- validation
 
 
+def _is_integral(value: object) -> bool:
+    """An integral number (``numbers.Integral``: int, numpy ints, ...) that is not a bool.
+
+    A plain ``bool`` helper rather than inline ``isinstance`` checks: typeshed does
+    not declare ``int`` a subclass of ``numbers.Integral``, so narrowing an ``int``
+    parameter with ``isinstance(x, numbers.Integral)`` makes mypy treat the valid
+    path as unreachable (and skip checking it).
+    """
+    return not isinstance(value, bool) and isinstance(value, numbers.Integral)
+
+
+def _is_real(value: object) -> bool:
+    """A real number (``numbers.Real``) that is not a bool; see ``_is_integral``."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real)
+
+
 def _check_sizes(sizes: Mapping[str, int]) -> None:
     if not isinstance(sizes, Mapping):
         raise ValidationError("sizes", "must be a mapping of task name to example count", type(sizes).__name__)
@@ -48,7 +64,7 @@ def _check_sizes(sizes: Mapping[str, int]) -> None:
         if not isinstance(task, str) or not task:
             raise ValidationError("sizes", "task names must be non-empty strings", task)
         # bool is an int subclass; True as a size is certainly a mistake.
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n <= 0:
+        if not _is_integral(n) or n <= 0:
             raise ValidationError(f"sizes[{task!r}]", "must be a positive integer number of examples", n)
 
 
@@ -200,11 +216,15 @@ def rates_for(
         return instance_balanced(sizes)
     if strategy == "class_balanced":
         return class_balanced(sizes)
+    # The checks above guarantee that every parameter the strategy needs is set.
     if strategy == "temperature":
-        return temperature_scaled(sizes, tau)  # type: ignore[arg-type]
+        assert tau is not None
+        return temperature_scaled(sizes, tau)
     if strategy == "temperature_capped":
-        return temperature_scaled_capped(sizes, tau, cap_k)  # type: ignore[arg-type]
-    return unimax(sizes, budget, max_epochs)  # type: ignore[arg-type]
+        assert tau is not None and cap_k is not None
+        return temperature_scaled_capped(sizes, tau, cap_k)
+    assert budget is not None and max_epochs is not None
+    return unimax(sizes, budget, max_epochs)
 
 
 # --------------------------------------------------------------------------- sampler
@@ -252,8 +272,8 @@ class MixtureSampler:
         rates: Mapping[str, float],
         examples_per_task: Mapping[str, int | Sequence[int]],
         seed: int,
-    ):
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+    ) -> None:
+        if not _is_integral(seed) or seed < 0:
             # Random() seeds with abs(int), so -1 and 1 would silently coincide.
             raise ValidationError("seed", "must be an integer >= 0", seed)
         self._seed = int(seed)
@@ -300,7 +320,7 @@ class MixtureSampler:
             )
         for task in tasks:
             r = rates[task]
-            if isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 0:
+            if not _is_real(r) or not math.isfinite(r) or r < 0:
                 raise ValidationError(f"rates[{task!r}]", "must be a finite number >= 0", r)
         total = sum(float(rates[task]) for task in tasks)
         if total <= 0:
@@ -338,7 +358,7 @@ class MixtureSampler:
 
     def take(self, n: int) -> list[tuple[str, int]]:
         """The next ``n`` draws."""
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+        if not _is_integral(n) or n < 0:
             raise ValidationError("n", "must be an integer >= 0", n)
         return [next(self) for _ in range(n)]
 

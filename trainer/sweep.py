@@ -99,10 +99,14 @@ class SweepResult:
         ref = self.points[0] if self.points else None
         if ref is not None:
             lines.append("")
-            lines.append("Beside them (the same dev sets): " + "; ".join(
-                f"{t}: zero-shot {ref.tasks[t].zero_shot * 100:.1f}, trivial "
-                + ("-" if ref.tasks[t].trivial is None else f"{ref.tasks[t].trivial * 100:.1f}")
-                + f" ({ref.tasks[t].metric})" for t in tasks if t in ref.tasks) + ".")
+            beside = []
+            for t in tasks:
+                if t not in ref.tasks:
+                    continue
+                rt = ref.tasks[t]
+                trivial = "-" if rt.trivial is None else f"{rt.trivial * 100:.1f}"
+                beside.append(f"{t}: zero-shot {rt.zero_shot * 100:.1f}, trivial {trivial} ({rt.metric})")
+            lines.append("Beside them (the same dev sets): " + "; ".join(beside) + ".")
         return "\n".join(lines)
 
 
@@ -168,7 +172,8 @@ def _point(store: RunStore, result: Mapping[str, Any], finetune: str, precision:
         )
         step_times += [e["seconds_per_step"] for e in read_events(store.dir(run_id) / EVENTS) if e.get("event") == "step"]
     sps = statistics.median(step_times) if step_times else None
-    resolved = {(r.get("precision") or {}).get("resolved") for _, r in run_of.values()} - {None}
+    resolved_or_none = {(r.get("precision") or {}).get("resolved") for _, r in run_of.values()}
+    resolved = {v for v in resolved_or_none if v is not None}
     if len(resolved) == 1:  # show what `auto` chose, not the word auto
         precision = resolved.pop()
     return SweepPoint(finetune, precision, lr, tasks, sps, seconds)

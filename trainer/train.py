@@ -197,7 +197,7 @@ def read_corpus_blocks(tokenizer: Any, path: Path, block_size: int, name: str = 
     except (OSError, UnicodeDecodeError) as exc:
         raise ValidationError("stage0.corpus", f"cannot read the corpus ({exc})", str(path)) from None
     flush(lines)
-    items = [(Feature(name, tuple(ids[k : k + block_size]), 0),) for k in range(0, len(ids), block_size)]
+    items: list[tuple[Feature, ...]] = [(Feature(name, tuple(ids[k : k + block_size]), 0),) for k in range(0, len(ids), block_size)]
     dropped = {}
     if items and len(items[-1][0].ids) < block_size // 2 and len(items) > 1:
         items.pop()
@@ -319,7 +319,8 @@ def lr_at(step: int, total: int, base_lr: float, warmup_ratio: float) -> float:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

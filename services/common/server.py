@@ -124,7 +124,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             log.error("%s %s failed (error id %s)", self.service, method, ref, exc_info=exc)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (error id {ref}; details are in the server log)")
         log.info("%s %s -> %s: %s", self.service, method, code.name, exc)  # type: ignore[union-attr]
-        context.abort(code, str(exc))  # type: ignore[arg-type]
+        context.abort(code, str(exc))
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):
@@ -281,9 +281,10 @@ class Service:
             [*self.names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], self.server
         )
         self.port = 0
-        self._on_start: list[Callable[[], None]] = []
-        self._on_drain: list[Callable[[], None]] = []
-        self._on_stopped: list[Callable[[], None]] = []
+        # A callback may return something (JobManager.start returns the manager): it is ignored.
+        self._on_start: list[Callable[[], object]] = []
+        self._on_drain: list[Callable[[], object]] = []
+        self._on_stopped: list[Callable[[], object]] = []
         self._stopped = threading.Event()
 
     def bind(self, address: str) -> int:
@@ -301,15 +302,15 @@ class Service:
         for name in ("", *self.names):
             self.health.set(name, status)
 
-    def on_start(self, callback: Callable[[], None]) -> None:
+    def on_start(self, callback: Callable[[], object]) -> None:
         """Run once the server listens (start background work)."""
         self._on_start.append(callback)
 
-    def on_drain(self, callback: Callable[[], None]) -> None:
+    def on_drain(self, callback: Callable[[], object]) -> None:
         """Run when shutdown begins (end watch streams, stop taking work)."""
         self._on_drain.append(callback)
 
-    def on_stopped(self, callback: Callable[[], None]) -> None:
+    def on_stopped(self, callback: Callable[[], object]) -> None:
         """Run once the server has stopped (release models, close the database)."""
         self._on_stopped.append(callback)
 

@@ -25,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from mtserve.checkpoints import manifest_sha256
 from mtserve.engine import Engine, Prediction, Request
@@ -62,6 +62,15 @@ WAIT_SLACK_SECONDS = 5.0
 # change and this long has passed (or its record changed): every change
 # would otherwise re-hash a broken multi-GB folder and hold up the watcher.
 RETRY_FAILED_LOAD_SECONDS = 60.0
+
+
+class _BatchOptions(TypedDict):
+    """The Batcher's keyword arguments (max_batch_tokens also sizes the Engine)."""
+
+    max_batch_tokens: int
+    max_batch_requests: int
+    max_wait_ms: float
+    queue_size: int
 
 
 @dataclass
@@ -108,7 +117,7 @@ class InferenceCore:
         loader: Loader | None = None,
     ):
         self.device, self.dtype = device, dtype
-        self.batch_options = {
+        self.batch_options: _BatchOptions = {
             "max_batch_tokens": max_batch_tokens, "max_batch_requests": max_batch_requests, "max_wait_ms": max_wait_ms, "queue_size": queue_size
         }
         self.loader = loader or self._load
@@ -186,26 +195,26 @@ class InferenceCore:
                         current = replace(current, engine=engine)
                     models[cid] = current
                     continue
-                record = checkpoints.get(cid)
-                if record is None:
+                checkpoint = checkpoints.get(cid)
+                if checkpoint is None:
                     failures[cid] = "it is not a registered checkpoint"
                     continue
                 started = time.monotonic()
                 failed = self._failed.get(cid)
-                if failed is not None and failed[0] == record and started - failed[1] < RETRY_FAILED_LOAD_SECONDS:
+                if failed is not None and failed[0] == checkpoint and started - failed[1] < RETRY_FAILED_LOAD_SECONDS:
                     failures[cid] = failed[2]
                     continue
                 try:
-                    loaded = self.loader(record)
+                    loaded = self.loader(checkpoint)
                 except Exception as exc:  # noqa: BLE001 - any load failure disables just its routes
                     failures[cid] = f"{type(exc).__name__}: {exc}"
-                    self._failed[cid] = (record, started, failures[cid])
-                    log.error("cannot load checkpoint %s from %s: %s", cid, record.path, exc)
+                    self._failed[cid] = (checkpoint, started, failures[cid])
+                    log.error("cannot load checkpoint %s from %s: %s", cid, checkpoint.path, exc)
                     continue
                 self._failed.pop(cid, None)
                 engine = self._engine(loaded, policy, cid)
                 batcher = Batcher(engine, name=cid, **self.batch_options)
-                models[cid] = Model(record, loaded, engine, batcher, _now())
+                models[cid] = Model(checkpoint, loaded, engine, batcher, _now())
                 log.info("loaded checkpoint %s in %.1fs", cid, time.monotonic() - started)
             # Tokenizer-level checks (labels that tokenize alike) per routed task.
             versions = state.task_versions()
@@ -394,13 +403,13 @@ class InferenceCore:
         for name in sorted(serving.latest):
             if serving.latest[name].status is not TaskStatus.ACTIVE:
                 continue
-            route = serving.routes.get(name)
+            task_route = serving.routes.get(name)
             try:
                 self._resolve(serving, name, "task")
                 ok, reason = True, ""
             except MtserveError as exc:
                 ok, reason = False, str(exc)
-            tasks.append(TaskInfo(name, route.task_version if route else 0, route.checkpoint_id if route else "", ok, reason))
+            tasks.append(TaskInfo(name, task_route.task_version if task_route else 0, task_route.checkpoint_id if task_route else "", ok, reason))
         depth = sum(c.queue_depth for c in checkpoints)
         return ServingInfo(tuple(checkpoints), tuple(tasks), depth, serving.state.revision, self.registry_connected, serving.source)
 

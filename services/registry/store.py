@@ -21,8 +21,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, Row, select, update
 
 from mtserve import db
 from mtserve.checkpoints import MANIFEST, check_checkpoint_id, manifest_sha256, verify_checkpoint
@@ -207,7 +208,7 @@ class RegistryStore:
         return self._to_record(row, head)
 
     @staticmethod
-    def _to_record(row, head) -> TaskRecord:  # type: ignore[no-untyped-def]
+    def _to_record(row: Row[Any], head: Row[Any]) -> TaskRecord:
         task = parse_task(json.loads(row.definition_json), f"stored task {row.name}@{row.version}").with_version(row.version)
         return TaskRecord(task=task, status=TaskStatus(head.status), latest_version=head.latest_version, created_at=row.created_at)
 
@@ -354,12 +355,14 @@ class RegistryStore:
         current = conn.execute(select(t.routes).where(t.routes.c.task_name == change.task)).one_or_none()
         if current is not None and current.task_version == version and current.checkpoint_id == change.checkpoint_id:
             return RouteUpdate(Route(change.task, version, change.checkpoint_id, current.updated_at, current.reason), False)
-        history_id = conn.execute(
+        inserted = conn.execute(
             t.route_history.insert().values(
                 task_name=change.task, task_version=version, checkpoint_id=change.checkpoint_id, created_at=tx.now, reason=reason,
                 revision=tx.revision, actor=tx.actor,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert inserted is not None  # None only for executemany or a non-insert statement
+        history_id = inserted[0]
         values = {"task_version": version, "checkpoint_id": change.checkpoint_id, "history_id": history_id, "updated_at": tx.now, "reason": reason}
         if current is None:
             conn.execute(t.routes.insert().values(task_name=change.task, **values))

@@ -16,8 +16,8 @@ from services.trainer.jobs import Attempt, JobInfo, JobState, Options, Progress
 _STATE_PREFIX = "JOB_STATE_"
 
 
-def state_to_pb(state: JobState | None) -> int:
-    return 0 if state is None else tpb.JobState.Value(_STATE_PREFIX + state.value.upper())
+def state_to_pb(state: JobState | None) -> tpb.JobState:
+    return tpb.JobState.JOB_STATE_UNSPECIFIED if state is None else tpb.JobState.Value(_STATE_PREFIX + state.value.upper())
 
 
 def state_from_pb(number: int, where: str = "state") -> JobState | None:

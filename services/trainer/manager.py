@@ -444,7 +444,7 @@ class JobManager:
             self._wait_ended([job_id], self.cancel_grace, kill=True)
         return self.get(job_id)
 
-    def _wait_ended(self, job_ids: list[str], grace: float, *, kill: bool) -> None:
+    def _wait_ended(self, job_ids: Sequence[str], grace: float, *, kill: bool) -> None:
         """Wait for the jobs' processes to be reaped; SIGKILL their groups
         after `grace` seconds."""
         deadline = time.monotonic() + grace
