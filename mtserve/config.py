@@ -190,7 +190,7 @@ class AuthSettings(_Section):
     # Clients (CLI, batch workers, inference's registry watch, the trainer):
     # the token to send; else the one in token_file; else the local admin
     # token <home>/auth/admin.token when it exists.
-    token: str | None = Field(None, repr=False)
+    token: str | None = Field(default=None, repr=False)
     token_file: str | None = None
 
 
