@@ -23,10 +23,12 @@ from pathlib import Path
 
 import typer
 
+import mtserve
 from mtserve_cli.root import app, settings
 
 DEMO_DATE = "2026-11-22"
-ADAPTER = Path(__file__).resolve().parent.parent / "adapters" / "hotel-synth-lora"
+PACKAGE = Path(mtserve.__file__).resolve().parent  # the adapter and the catalogue ship inside the core package
+ADAPTER = PACKAGE / "adapters" / "hotel-synth-lora"
 ADAPTER_JOB = ADAPTER.with_name("hotel-synth-lora.job.yaml")
 
 
@@ -195,7 +197,7 @@ def demo(
         _ensure_redis(d, d.env.get("MTSERVE_BATCH__BROKER_URL", s.batch.broker_url))
         d.start("registry", "serve", "registry")
         d.wait_serving("registry", registry)
-        d.mtserve("tasks", "apply", "-f", str(Path(__file__).resolve().parent.parent / "catalogues" / "hotel.yaml"))
+        d.mtserve("tasks", "apply", "-f", str(PACKAGE / "catalogues" / "hotel.yaml"))
         d.mtserve("checkpoints", "register", str(base_dir))
         if checkpoint_dir != base_dir:
             d.mtserve("checkpoints", "register", str(checkpoint_dir))

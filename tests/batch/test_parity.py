@@ -93,7 +93,7 @@ def test_batch_answers_equal_the_services(
             mine = stored[record.conversation_id]
             assert sorted(mine) == sorted(a.prediction.task for a in answers)  # the same tasks apply
             refs = local.plan(record.conversation.channel, None)
-            offline = {a.task: a for a in local.score([(record.conversation, refs)])[0]}
+            offline = {a.prediction.task: a.prediction for a in local.score([(record.conversation, refs)])[0]}
             for a in answers:
                 p, row = a.prediction, mine[a.prediction.task]
                 assert (row.task_version, row.checkpoint) == (p.task_version, a.checkpoint_id) == (1, "tiny-llama")
@@ -103,7 +103,8 @@ def test_batch_answers_equal_the_services(
                 if p.expected_value is not None:
                     assert row.expected_value == pytest.approx(p.expected_value, abs=1e-5)
                 o = offline[p.task]  # the in-worker engine: same core, same answer
-                assert o.label == p.label and list(o.scores.values()) == pytest.approx([s.probability for s in p.scores], abs=1e-5)
+                assert o.label == p.label
+                assert [s.probability for s in o.scores] == pytest.approx([s.probability for s in p.scores], abs=1e-5)
     finally:
         env.cleanup()
 

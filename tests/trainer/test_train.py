@@ -163,7 +163,7 @@ def test_lr_schedule_warmup_then_linear_decay():
     lrs = [lr_at(s, 10, 1.0, 0.2) for s in range(10)]
     assert lrs[:2] == [0.5, 1.0]
     assert lrs[2] == 1.0 and lrs[-1] == pytest.approx(1 / 8)
-    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:]))
     assert [lr_at(s, 4, 1.0, 0.0) for s in range(4)] == [1.0, 0.75, 0.5, 0.25]
     assert lr_at(0, 1, 1.0, 0.5) == 1.0  # a one-step stage trains
 
