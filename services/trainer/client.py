@@ -54,8 +54,11 @@ class TrainerClient(ServiceClient):
     NO_RETRY = ("StartJob", "ResumeJob")  # a retry could start a job twice
     KEEPALIVE = True  # WatchJob streams last as long as a training job
 
-    def __init__(self, address: str, *, timeout: float = 30.0, cancel_grace: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes)
+    def __init__(
+        self, address: str, *, timeout: float = 30.0, cancel_grace: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+    ):
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token)
         self.cancel_grace = cancel_grace
         self.stub = tpb_grpc.TrainerStub(self.channel)
 

@@ -36,7 +36,7 @@ def stack(tmp_path: Path, hotel: Any, tiny_llama_dir: Path, wait_for: Callable[.
             "inference.state_file": str(tmp_path / "inference-state.json"), "inference.max_wait_ms": 5,
             "registry.watch_poll_seconds": 0.5, "registry.shutdown_grace_seconds": 1, "inference.shutdown_grace_seconds": 2,
         },
-        env={"MTSERVE_HOME": str(tmp_path)},
+        env={},  # the session's home: its local admin token is what the clients send
     )
     registry, rport = registry_server("127.0.0.1:0", settings)
     registry.start()

@@ -156,6 +156,7 @@ def test_everything_as_real_processes(tmp_path, tiny_llama_dir):
     env = {
         **os.environ,
         "MTSERVE_HOME": str(tmp_path),
+        "MTSERVE_CHECKPOINTS_DIR": str(Path(tiny_llama_dir).parent),  # the checkpoint root registrations must lie in
         "MTSERVE_DEVICE": "cpu",
         "MTSERVE_REGISTRY__DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
         "MTSERVE_INFERENCE__STATE_FILE": str(tmp_path / "state.json"),

@@ -18,7 +18,7 @@ from .conftest import make_settings, start_registry
 
 @pytest.fixture
 def registry(tmp_path, session_home, hotel, tiny_llama_dir):
-    service, address = start_registry(make_settings(tmp_path))
+    service, address = start_registry(make_settings(tmp_path, **{"registry.checkpoint_roots": []}))  # the home's root only
     alice = TokenStore(session_home).create(f"alice-{tmp_path.name}"[:60], Role.ADMIN)
     with RegistryClient(address, timeout=20, token=alice) as client:
         yield service, client, f"alice-{tmp_path.name}"[:60]

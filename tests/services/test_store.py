@@ -38,7 +38,7 @@ def test_migrations_reach_head_and_match_the_schema_module(store, db_url):
 
     from services.registry.schema import metadata
 
-    assert schema_revision(store.engine) == "0001"
+    assert schema_revision(store.engine) == "0002"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == [], f"services/registry/schema.py and the migrations disagree: {diff}"

@@ -4,11 +4,14 @@ trips, and validation with the catalogue's own rules and messages."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
 from mtserve.engine import LabelScore, Prediction
 from mtserve.errors import ValidationError
+from mtserve.inputs import Input, input_from_dict
 from mtserve.predictions import Answer, Timing
 from mtserve.records import (
     CheckpointRecord,
@@ -22,7 +25,12 @@ from mtserve.tasks import TruncationPolicy
 from mtserve_api import convert
 from mtserve_api.v1 import common_pb2 as cpb
 
-from .conftest import sample
+SAMPLES = Path(__file__).resolve().parents[2] / "mtserve" / "samples"
+
+
+def sample(name: str) -> Input:
+    return input_from_dict(json.loads((SAMPLES / f"{name}.json").read_text(encoding="utf-8")), name)
+
 
 
 def test_every_hotel_task_round_trips(hotel):
