@@ -161,6 +161,9 @@ class BatchSettings(_Section):
 
 class TrainerSettings(_Section):
     address: str = "127.0.0.1:50053"
+    # The service runs jobs whose folders (and output folders) lie inside this
+    # one; under home by default (`<home>/training`).
+    root: str | None = None
     # One folder per job (job.json, the spec, its event log, stderr); under home by default.
     jobs_dir: str | None = None
     # Where jobs register their checkpoints and promote routes (default: registry.address).
@@ -249,6 +252,10 @@ class Settings(_Section):
     @property
     def trainer_jobs_dir(self) -> Path:
         return Path(self.trainer.jobs_dir).expanduser() if self.trainer.jobs_dir else self.home / "trainer-jobs"
+
+    @property
+    def trainer_root(self) -> Path:
+        return Path(self.trainer.root).expanduser() if self.trainer.root else self.home / "training"
 
     @property
     def trainer_registry_address(self) -> str:

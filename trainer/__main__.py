@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--promote", action="store_true", help="at the end, register the checkpoints and route the qualified tasks")
     run.add_argument("--register", action="store_true", help="at the end, register the checkpoints (routes unchanged)")
     run.add_argument("--registry", help="registry HOST:PORT (default: settings registry.address)")
+    run.add_argument("--root", help="refuse a job whose folders lie outside this one (the trainer service passes its root)")
+    run.add_argument("--checkpoints-root", help="with --root: a base model must be an id or inside this folder")
     run.add_argument("--events", choices=["jsonl", "none"], default="jsonl", help="print progress events on stdout (rank 0)")
     run.add_argument(
         "--exit-with-parent", type=int, metavar="PID",
@@ -56,13 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.resume and args.restart:
             raise MtserveError("give --resume or --restart, not both")
-        from trainer.job import load_job, parse_job
+        from pathlib import Path
+
+        from trainer.job import confine, load_job, parse_job
         from trainer.pipeline import run_job
 
         if args.base_dir:
             spec = parse_job(_read_yaml(args.file), base_dir=args.base_dir, source=os.path.basename(args.file))
         else:
             spec = load_job(args.file)
+        if args.root:
+            confine(spec, Path(args.root), Path(args.checkpoints_root or args.root))
         promote = args.promote or spec.promote
         registry = address = None
         if (promote or args.register) and rank == 0:

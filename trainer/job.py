@@ -437,3 +437,30 @@ __all__ = [
     "load_job",
     "parse_job",
 ]
+
+
+def confine(spec: JobSpec, root: Path, checkpoints_root: Path) -> None:
+    """What a job run for someone else (the trainer service, its job
+    processes) may touch: its folder and every output folder inside `root`,
+    and a base model named by checkpoint id or lying inside
+    `checkpoints_root`. Paths are resolved first, so `..` and symbolic links
+    cannot lead out. Raises ValidationError naming the field."""
+    root, checkpoints_root = root.expanduser().resolve(), checkpoints_root.expanduser().resolve()
+
+    def inside(path: Path, folder: Path) -> bool:
+        return path.expanduser().resolve().is_relative_to(folder)
+
+    if not inside(spec.base_dir, root):
+        raise ValidationError("base_dir", f"must be inside the trainer root {root} (setting trainer.root)", str(spec.base_dir))
+    outputs = {"output.runs_dir": spec.runs_path}
+    if spec.output.checkpoints_dir is not None:
+        outputs["output.checkpoints_dir"] = spec.path(spec.output.checkpoints_dir)
+    for field, path in outputs.items():
+        if not inside(path, root):
+            raise ValidationError(field, f"must be inside the trainer root {root} (setting trainer.root)", str(path))
+    if spec.base_model is not None:
+        by_id = "/" not in spec.base_model and not spec.path(spec.base_model).exists()
+        if not by_id and not inside(spec.path(spec.base_model), checkpoints_root):
+            raise ValidationError(
+                "base_model", f"must be a checkpoint id or a folder inside the checkpoint root {checkpoints_root}", spec.base_model
+            )

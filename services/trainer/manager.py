@@ -125,7 +125,11 @@ class JobManager:
         python: str = sys.executable,
         child_env: Mapping[str, str] | None = None,
         default_base_dir: str | None = None,
+        root: Path | None = None,
+        checkpoints_root: Path | None = None,
     ):
+        """`root` / `checkpoints_root`: what jobs may touch (trainer.job.confine);
+        None runs any job (a manager used in-process by its owner)."""
         self.store = store
         self.registry_address = registry_address
         self.registry_check = registry_check
@@ -134,7 +138,8 @@ class JobManager:
         self.poll_seconds = poll_seconds
         self.python = python
         self.child_env = dict(child_env or {})
-        self.default_base_dir = default_base_dir or os.getcwd()
+        self.default_base_dir = default_base_dir or (str(root) if root else os.getcwd())
+        self.root, self.checkpoints_root = root, checkpoints_root
         self._lock = threading.RLock()
         self.changed = threading.Condition(self._lock)
         self._records: dict[str, JobRecord] = {}
@@ -241,6 +246,8 @@ class JobManager:
             self.python, "-m", "trainer", "run", "-f", str(self.store.folder(record.id) / "spec.yaml"),
             "--base-dir", opts.base_dir, "--exit-with-parent", str(os.getpid()),
         ]
+        if self.root is not None:  # the job process checks the spec's paths again itself
+            cmd += ["--root", str(self.root), "--checkpoints-root", str(self.checkpoints_root or self.root)]
         if record.next_action == "resume" or (not record.attempts and opts.resume):
             cmd.append("--resume")
         elif not record.attempts and opts.restart:
@@ -356,7 +363,7 @@ class JobManager:
         self, spec_yaml: str, *, base_dir: str = "", promote: bool = False, register: bool = False, registry_address: str = "",
         resume: bool = False, restart: bool = False,
     ) -> JobInfo:
-        from trainer.job import parse_job
+        from trainer.job import confine, parse_job
 
         if resume and restart:
             raise ValidationError("restart", "give resume or restart, not both", True)
@@ -372,6 +379,8 @@ class JobManager:
         except yaml.YAMLError as exc:
             raise ValidationError("spec_yaml", f"is not valid YAML: {exc}", None, show_value=False) from None
         spec = parse_job(data, base_dir=base, source="spec_yaml")  # ValidationError names the field
+        if self.root is not None:
+            confine(spec, self.root, self.checkpoints_root or self.root)
         check_spec_files(spec)
         promote = promote or spec.promote
         address = registry_address or self.registry_address

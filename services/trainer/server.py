@@ -109,6 +109,8 @@ def create_server(
         cancel_grace=t.cancel_grace_seconds,
         poll_seconds=t.poll_seconds,
         child_env=child_env,
+        root=settings.trainer_root,
+        checkpoints_root=settings.checkpoints_root,
     )
     service = TrainerService(
         [SERVICE_NAME],

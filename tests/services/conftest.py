@@ -53,6 +53,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         # Test checkpoints live in the run's temporary folders (tampered copies,
         # job outputs): all of them are a checkpoint root here.
         "registry.checkpoint_roots": [str(tmp_path.parent)],
+        "trainer.root": str(tmp_path.parent),  # and hold the jobs the trainer service runs
     }
     base.update(overrides)
     return load_settings(overrides=base, env={})

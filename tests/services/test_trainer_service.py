@@ -63,7 +63,7 @@ def write_job(folder: Path, base: Path, **over: Any) -> Path:
 
 def trainer_settings(tmp_path: Path, **over: Any) -> Any:
     return make_settings(tmp_path, **{"trainer.jobs_dir": str(tmp_path / "jobs"), "trainer.poll_seconds": 0.05,
-                                      "trainer.cancel_grace_seconds": 5, **over})
+                                      "trainer.cancel_grace_seconds": 5, "trainer.root": str(tmp_path), **over})
 
 
 def start_trainer(tmp_path: Path, **over: Any) -> tuple[Any, str]:
@@ -229,7 +229,8 @@ def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like
     over = {"baselines": {"train": False}, "max_steps": 500, "mixture": {"stage1_steps": 4, "stage2_steps": 100},
                 "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4}}
     job = write_job(tmp_path / "job", tiny_llama_dir, **over)
-    env = {**os.environ, **CHILD_ENV, "MTSERVE_HOME": str(tmp_path / "home"), "MTSERVE_TRAINER__POLL_SECONDS": "0.05"}
+    env = {**os.environ, **CHILD_ENV, "MTSERVE_HOME": str(tmp_path / "home"), "MTSERVE_TRAINER__POLL_SECONDS": "0.05",
+           "MTSERVE_TRAINER__ROOT": str(tmp_path), "MTSERVE_CHECKPOINTS_DIR": str(Path(tiny_llama_dir).parent)}
     jobs_dir = tmp_path / "jobs"
     first = ServiceProcess(jobs_dir, env)
     try:
@@ -300,6 +301,14 @@ def test_errors_have_their_status_codes_and_name_the_field(trainer, tmp_path, ti
     assert refused("name: [unclosed").startswith("spec_yaml: is not valid YAML")
     assert refused("  ").startswith("spec_yaml: is empty")
     assert refused(good, base_dir="relative/dir").startswith("base_dir: must be an absolute folder")
+    # confinement: the job's folder and outputs inside the trainer root, the base model by id or in the checkpoint root
+    outside = write_job(tmp_path.parent / f"outside-{tmp_path.name}", tiny_llama_dir)
+    inside_root = f"must be inside the trainer root {tmp_path.resolve()} (setting trainer.root)"
+    assert refused(yaml.safe_load(outside.read_text()), base_dir=str(outside.parent)) == f"base_dir: {inside_root} (got '{outside.parent}')"
+    for runs_dir in ("/tmp/elsewhere-runs", "../escape"):
+        assert refused({**good, "output": {"runs_dir": runs_dir}}).startswith(f"output.runs_dir: {inside_root}")
+    assert refused({**good, "output": {"runs_dir": "runs", "checkpoints_dir": "/var/tmp/ckpts"}}).startswith(f"output.checkpoints_dir: {inside_root}")
+    assert refused({**good, "base_model": str(outside.parent)}).startswith("base_model: must be a checkpoint id or a folder inside the checkpoint root")
 
     for call in (client.get_job, client.cancel_job, client.resume_job, lambda j: list(client.watch_job(j))):
         with pytest.raises(NotFoundError) as info:

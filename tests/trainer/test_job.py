@@ -198,3 +198,32 @@ def test_load_job_file_errors(tmp_path: Path):
     bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(ValidationError, match="not valid YAML"):
         load_job(bad)
+
+
+def test_confine_keeps_a_job_and_its_outputs_inside_the_root(tmp_path):
+    """The trainer service's rule (trainer.job.confine), on the spec alone:
+    resolved paths, so `..` and symbolic links cannot lead out."""
+    from trainer.job import confine
+    from trainer.toy import toy_job
+
+    root, checkpoints = tmp_path / "root", tmp_path / "checkpoints"
+    (root / "job").mkdir(parents=True)
+    (checkpoints / "base").mkdir(parents=True)
+    (root / "job" / "link-out").symlink_to(tmp_path)
+
+    def spec(**over):
+        return parse_job({**toy_job(root / "job", base_model=str(checkpoints / "base")), **over}, base_dir=root / "job")
+
+    confine(spec(), root, checkpoints)  # everything inside: accepted
+    confine(spec(base_model="base"), root, checkpoints)  # a checkpoint id
+    cases = [
+        (spec(output={"runs_dir": "../../elsewhere"}), "output.runs_dir"),
+        (spec(output={"runs_dir": "link-out/runs"}), "output.runs_dir"),
+        (spec(output={"runs_dir": "runs", "checkpoints_dir": str(tmp_path / "out")}), "output.checkpoints_dir"),
+        (spec(base_model=str(tmp_path)), "base_model"),
+        (parse_job(toy_job(tmp_path / "else", base_model="base"), base_dir=tmp_path / "else"), "base_dir"),
+    ]
+    for bad, field in cases:
+        with pytest.raises(ValidationError) as info:
+            confine(bad, root, checkpoints)
+        assert info.value.field == field
