@@ -305,7 +305,7 @@ def test_errors_have_their_status_codes_and_name_the_field(trainer, tmp_path, ti
     outside = write_job(tmp_path.parent / f"outside-{tmp_path.name}", tiny_llama_dir)
     inside_root = f"must be inside the trainer root {tmp_path.resolve()} (setting trainer.root)"
     assert refused(yaml.safe_load(outside.read_text()), base_dir=str(outside.parent)) == f"base_dir: {inside_root} (got '{outside.parent}')"
-    for runs_dir in ("/tmp/elsewhere-runs", "../escape"):
+    for runs_dir in ("/tmp/elsewhere-runs", "../../escape"):  # the job is in <root>/bad: ../.. leaves the root
         assert refused({**good, "output": {"runs_dir": runs_dir}}).startswith(f"output.runs_dir: {inside_root}")
     assert refused({**good, "output": {"runs_dir": "runs", "checkpoints_dir": "/var/tmp/ckpts"}}).startswith(f"output.checkpoints_dir: {inside_root}")
     assert refused({**good, "base_model": str(outside.parent)}).startswith("base_model: must be a checkpoint id or a folder inside the checkpoint root")
