@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import ValidationError
+
+if TYPE_CHECKING:
+    from mtserve.tls import ClientPems, ServerPems
 
 ENV_PREFIX = "MTSERVE_"
 DEFAULT_HOME = Path("~/.cache/mtserve")
@@ -197,6 +200,25 @@ class AuthSettings(_Section):
     token_file: str | None = None
 
 
+class TlsSettings(_Section):
+    # TLS on every gRPC hop. Off only by this explicit setting, and then only
+    # on loopback addresses; the server says so when it starts.
+    enabled: bool = True
+    # Servers: their certificate and key (default: the local CA's server
+    # certificate in <home>/tls, made on first start for localhost, 127.0.0.1,
+    # ::1, the host name and server_names).
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_names: list[str] = Field(default_factory=list)
+    # Servers, mutual TLS: require client certificates signed by this CA.
+    client_ca_file: str | None = None
+    # Clients: the CA to trust (default <home>/tls/ca.pem), and for mutual
+    # TLS their own certificate and key.
+    ca_file: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+
+
 class Settings(_Section):
     home: Path = Field(default_factory=mtserve_home)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -208,6 +230,7 @@ class Settings(_Section):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     # -- derived paths --------------------------------------------------------
     def client_token(self) -> str | None:
@@ -220,6 +243,43 @@ class Settings(_Section):
             return read_token_file(Path(self.auth.token_file).expanduser())
         local = admin_token_path(self.home)
         return read_token_file(local) if local.exists() else None
+
+    def server_tls(self) -> ServerPems | None:
+        """What a server presents (None: TLS off): the configured files, else
+        the local CA's server certificate, made on first use."""
+        from mtserve.tls import ServerPems, ensure_local_ca, read_pem
+
+        t = self.tls
+        if not t.enabled:
+            return None
+        if t.cert_file or t.key_file:
+            if not (t.cert_file and t.key_file):
+                raise ValidationError("tls.cert_file", "give tls.cert_file and tls.key_file together", t.cert_file or t.key_file)
+            chain, key = read_pem(Path(t.cert_file), "TLS certificate"), read_pem(Path(t.key_file), "TLS key")
+        else:
+            folder = ensure_local_ca(self.home, tuple(t.server_names))
+            chain, key = read_pem(folder / "server.pem", "TLS certificate"), read_pem(folder / "server.key", "TLS key")
+        client_ca = read_pem(Path(t.client_ca_file), "client CA") if t.client_ca_file else None
+        return ServerPems(chain, key, client_ca)
+
+    def client_tls(self) -> ClientPems | None:
+        """What a client trusts and presents (None: TLS off)."""
+        from mtserve.tls import ClientPems, read_pem, tls_dir
+
+        t = self.tls
+        if not t.enabled:
+            return None
+        ca = Path(t.ca_file).expanduser() if t.ca_file else tls_dir(self.home) / "ca.pem"
+        if not ca.exists():
+            from mtserve.errors import PreconditionError
+
+            raise PreconditionError(
+                f"TLS: no CA to trust at {ca}: start a service on this home first (it makes the local CA), "
+                "or set tls.ca_file to the servers' CA (tls.enabled=false only on loopback)"
+            )
+        cert = read_pem(Path(t.client_cert_file), "client certificate") if t.client_cert_file else None
+        key = read_pem(Path(t.client_key_file), "client key") if t.client_key_file else None
+        return ClientPems(read_pem(ca, "CA certificate"), cert, key)
 
     @property
     def checkpoints_root(self) -> Path:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import json
 from collections import namedtuple
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
+
+if TYPE_CHECKING:
+    from mtserve.config import Settings
+    from mtserve.tls import ClientPems
 
 from mtserve.errors import (
     MtserveError,
@@ -148,11 +153,34 @@ class BearerToken(
         return continuation(self._with_token(details), requests)
 
 
-def default_token() -> str | None:
-    """The token of this process's settings (see mtserve.config.AuthSettings)."""
-    from mtserve.config import load_settings
+@dataclass(frozen=True)
+class Credentials:
+    """What a client sends and trusts: a bearer token (None: none) and TLS
+    material (None: plaintext, only where the settings turned TLS off)."""
 
-    return load_settings().client_token()
+    token: str | None
+    tls: ClientPems | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Credentials:
+        """This process's (`load_settings()` when not given): auth.* and tls.*."""
+        from mtserve.config import load_settings
+
+        settings = settings or load_settings()
+        return cls(settings.client_token(), settings.client_tls())
+
+
+def open_channel(address: str, options: Sequence[tuple[str, Any]], credentials: Credentials) -> grpc.Channel:
+    """A channel with exactly these credentials (TLS unless `tls` is None; the token unless None)."""
+    if credentials.tls is None:
+        channel = grpc.insecure_channel(address, options=options)
+    else:
+        t = credentials.tls
+        channel = grpc.secure_channel(
+            address, grpc.ssl_channel_credentials(root_certificates=t.root_ca, private_key=t.private_key, certificate_chain=t.cert_chain),
+            options=options,
+        )
+    return grpc.intercept_channel(channel, BearerToken(credentials.token)) if credentials.token else channel
 
 
 def make_channel(
@@ -162,9 +190,10 @@ def make_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     no_retry: Sequence[str] = (),
     keepalive: bool = False,
-    token: str | None = None,
+    credentials: Credentials = Credentials(None, None),
 ) -> grpc.Channel:
-    """A channel to `address` that sends `token` (None: no token) on every call."""
+    """A channel to `address` over TLS (unless `credentials.tls` is None) that
+    sends `credentials.token` on every call."""
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", json.dumps(service_config(service, no_retry=no_retry))),
         ("grpc.enable_retries", 1),
@@ -180,16 +209,15 @@ def make_channel(
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
-    channel = grpc.insecure_channel(address, options=options)
-    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
+    return open_channel(address, options, credentials)
 
 
-def connect(address: str, *, token: str | None = None) -> grpc.Channel:
-    """A plain channel to an mtserve service for hand-written stubs (see the
-    README): it sends `token`, by default this process's (`default_token`)."""
-    channel = grpc.insecure_channel(address)
-    token = token or default_token()
-    return grpc.intercept_channel(channel, BearerToken(token)) if token else channel
+def connect(address: str, *, token: str | None = None, settings: Settings | None = None) -> grpc.Channel:
+    """A channel to an mtserve service for hand-written stubs, with this
+    process's credentials (`Credentials.from_settings`); `token` overrides
+    the token."""
+    found = Credentials.from_settings(settings)
+    return open_channel(address, (), Credentials(token or found.token, found.tls))
 
 
 class ServiceClient:
@@ -210,14 +238,17 @@ class ServiceClient:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         keepalive: bool | None = None,
         token: str | None = None,
+        settings: Settings | None = None,
     ):
-        """`token`: the bearer token to send; by default this process's
-        (`default_token`: settings, else the local admin token)."""
+        """Credentials come from `settings` (default: this process's,
+        `load_settings()`): the token of auth.*, else the local admin token,
+        and the CA of tls.*, else the local CA. `token` overrides the token."""
         self.address = address
         self.timeout = timeout
+        found = Credentials.from_settings(settings)
         self.channel = make_channel(
             address, self.SERVICE, max_message_bytes=max_message_bytes, no_retry=self.NO_RETRY,
-            keepalive=self.KEEPALIVE if keepalive is None else keepalive, token=token or default_token(),
+            keepalive=self.KEEPALIVE if keepalive is None else keepalive, credentials=Credentials(token or found.token, found.tls),
         )
 
     def close(self) -> None:

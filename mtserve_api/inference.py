@@ -12,6 +12,7 @@ domain error.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mtserve.inputs import Input
 from mtserve.predictions import Answer
@@ -21,14 +22,20 @@ from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
 
+if TYPE_CHECKING:
+    from mtserve.config import Settings
+
 SERVICE = "mtserve.v1.Inference"
 
 
 class InferenceClient(ServiceClient):
     SERVICE, NAME = SERVICE, "inference"
 
-    def __init__(self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, token: str | None = None):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token)
+    def __init__(
+        self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, token: str | None = None,
+        settings: Settings | None = None,
+    ):
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token, settings=settings)
         self.stub = ipb_grpc.InferenceStub(self.channel)
 
     def classify(self, task: str, inp: Input, *, truncate: bool = True, timeout: float | None = None) -> Answer:

@@ -11,7 +11,7 @@ that is also the matching domain error (NotFoundError, ValidationError, ...).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -32,6 +32,9 @@ from mtserve_api import convert
 from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_remote
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
+
+if TYPE_CHECKING:
+    from mtserve.config import Settings
 
 SERVICE = "mtserve.v1.Registry"
 
@@ -62,9 +65,9 @@ class RegistryClient(ServiceClient):
 
     def __init__(
         self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool = False,
-        token: str | None = None,
+        token: str | None = None, settings: Settings | None = None,
     ):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, keepalive=keepalive, token=token)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, keepalive=keepalive, token=token, settings=settings)
         self.stub = rpb_grpc.RegistryStub(self.channel)
 
     # -- tasks -----------------------------------------------------------------------

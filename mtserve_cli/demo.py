@@ -82,19 +82,24 @@ class _Demo:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        from mtserve.errors import PreconditionError
+        from mtserve_api.client import connect
+
         deadline = time.monotonic() + timeout
         proc = dict(self.procs)[name]
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise SystemExit(f"{name} exited with {proc.returncode}; see {self.ws / (name + '.log')}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{name} exited with {proc.returncode}; see {self.ws / (name + '.log')}")
+            try:
+                # The first service to start makes the local CA: until then there is nothing to trust.
+                with connect(address) as channel:
+                    if health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status == (
+                        health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.5)
+            except (grpc.RpcError, PreconditionError):
+                pass
+            time.sleep(0.5)
         raise SystemExit(f"{name} at {address} did not become ready in {timeout:.0f}s; see {self.ws / (name + '.log')}")
 
     def stop_all(self) -> None:

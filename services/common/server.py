@@ -38,6 +38,7 @@ from mtserve.errors import (
     UnavailableError,
     ValidationError,
 )
+from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,17 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def server_tls(settings: Settings, service: str, address: str) -> ServerPems | None:
+    """The certificate a server presents (the local CA's by default); None
+    when TLS is off, which is refused on a non-loopback address and announced."""
+    if not settings.tls.enabled:
+        if not is_loopback(address):
+            raise PreconditionError(f"tls.enabled is false: the {service} service may then listen on a loopback address only, not {address}")
+        log.warning("%s: TLS IS OFF (tls.enabled=false): calls and tokens travel in plaintext", service)
+        return None
+    return settings.server_tls()
+
+
 def token_store(settings: Settings, service: str, address: str) -> TokenStore | None:
     """The tokens a server checks, with the local admin token made on first
     start; None when auth is off, which is refused on a non-loopback address
@@ -260,10 +272,13 @@ class Service:
         grace_seconds: float,
         max_concurrent_rpcs: int | None = None,
         tokens: TokenStore | None = None,
+        tls: ServerPems | None = None,
     ):
         """`tokens`: the token store calls are checked against (`token_store`);
-        None serves without auth."""
+        None serves without auth. `tls`: the certificate to present
+        (`server_tls`); None serves plaintext."""
         self.names = list(service_names)
+        self.tls = tls
         self.interceptor = ErrorInterceptor(service, tokens)
         self.grace_seconds = grace_seconds
         self.server = grpc.server(
@@ -289,7 +304,14 @@ class Service:
 
     def bind(self, address: str) -> int:
         try:
-            port = self.server.add_insecure_port(address)
+            if self.tls is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                t = self.tls
+                credentials = grpc.ssl_server_credentials(
+                    [(t.private_key, t.cert_chain)], root_certificates=t.client_ca, require_client_auth=t.client_ca is not None
+                )
+                port = self.server.add_secure_port(address, credentials)
         except RuntimeError as exc:
             raise UnavailableError(f"cannot listen on {address}: {exc}") from None
         if port == 0:

@@ -12,7 +12,7 @@ from mtserve.config import Settings, load_settings
 from mtserve_api import convert
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
-from services.common.server import Service, token_store
+from services.common.server import Service, server_tls, token_store
 from services.inference.core import InferenceCore, Loader
 from services.inference.watcher import RegistryWatcher
 
@@ -85,6 +85,7 @@ def create_server(
         # batch queue so overload is refused (RESOURCE_EXHAUSTED), not queued forever.
         max_concurrent_rpcs=settings.inference.max_workers + settings.inference.queue_size,
         tokens=token_store(settings, "inference", address),
+        tls=server_tls(settings, "inference", address),
     )
     ipb_grpc.add_InferenceServicer_to_server(InferenceServicer(core), service.server)
     service.core = core

@@ -16,7 +16,7 @@ from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
 from mtserve_api import convert
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
-from services.common.server import Service, current_caller, token_store
+from services.common.server import Service, current_caller, server_tls, token_store
 from services.registry.store import RegistryStore
 from services.registry.watch import watch_states
 
@@ -132,6 +132,7 @@ def create_server(
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
         tokens=token_store(settings, "registry", address),
+        tls=server_tls(settings, "registry", address),
     )
     service.store = store
     servicer = RegistryServicer(store, watch_poll_seconds=settings.registry.watch_poll_seconds)

@@ -13,7 +13,7 @@ that is also the matching domain error (ValidationError, NotFoundError, ...).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -22,6 +22,9 @@ from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from services.trainer import convert
 from services.trainer.jobs import JobInfo, JobState
+
+if TYPE_CHECKING:
+    from mtserve.config import Settings
 
 SERVICE = "mtserve.v1.Trainer"
 
@@ -56,9 +59,9 @@ class TrainerClient(ServiceClient):
 
     def __init__(
         self, address: str, *, timeout: float = 30.0, cancel_grace: float = 10.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        token: str | None = None,
+        token: str | None = None, settings: Settings | None = None,
     ):
-        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token)
+        super().__init__(address, timeout=timeout, max_message_bytes=max_message_bytes, token=token, settings=settings)
         self.cancel_grace = cancel_grace
         self.stub = tpb_grpc.TrainerStub(self.channel)
 

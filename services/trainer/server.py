@@ -15,7 +15,7 @@ from mtserve.config import Settings, load_settings
 from mtserve.errors import PreconditionError, UnavailableError
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
-from services.common.server import Service, token_store
+from services.common.server import Service, server_tls, token_store
 from services.trainer import convert
 from services.trainer.jobs import JobStore
 from services.trainer.manager import JobManager
@@ -119,6 +119,7 @@ def create_server(
         max_message_bytes=t.max_message_bytes,
         grace_seconds=t.shutdown_grace_seconds,
         tokens=token_store(settings, "trainer", address),
+        tls=server_tls(settings, "trainer", address),
     )
     tpb_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), service.server)
     service.manager = manager

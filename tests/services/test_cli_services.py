@@ -15,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mtserve.config import load_settings
 from mtserve.tasks import builtin_catalogue_path
 from mtserve_api.client import connect
 from mtserve_cli import main
@@ -143,9 +144,10 @@ def cli(env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
-def serving(address: str) -> bool:
+def serving(address: str, home: Path) -> bool:
+    """Health over TLS with the local CA of the services' home."""
     try:
-        with connect(address) as channel:
+        with connect(address, settings=load_settings(env={"MTSERVE_HOME": str(home)})) as channel:
             status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="mtserve.v1.Inference"), timeout=5).status
     except grpc.RpcError:
         return False
@@ -170,7 +172,7 @@ def test_everything_as_real_processes(tmp_path, tiny_llama_dir):
         for task in ("rc-a", "csqr", "cs"):
             cli(env, "routes", "set", task, "tiny-llama")
         inference = Server(["inference", "--address", "127.0.0.1:0"], env)
-        wait_for(lambda: serving(inference.address), "the inference process to serve")
+        wait_for(lambda: serving(inference.address, tmp_path), "the inference process to serve")
         out = cli(env, "classify", "--server", inference.address, "--input", str(SAMPLES / "call-cancelled.json"), "--json", "--timeout", "60")
         rows = json.loads(out)
         assert [r["task"] for r in rows] == ["csqr", "rc-a"]  # the call tasks that have a route

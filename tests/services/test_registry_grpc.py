@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mtserve.errors import ValidationError
 from mtserve.records import RouteChange
 from mtserve_api import convert
-from mtserve_api.client import connect
+from mtserve_api.client import Credentials, connect, open_channel
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
 from services.common.server import Service
@@ -195,7 +195,7 @@ def test_the_interceptor_hides_unexpected_errors_and_maps_domain_errors(caplog):
     port = service.bind("127.0.0.1:0")
     service.start()
     try:
-        with connect(f"127.0.0.1:{port}") as channel:
+        with open_channel(f"127.0.0.1:{port}", (), Credentials(None, None)) as channel:  # a bare Service: no TLS, no auth
             call = channel.unary_unary("/test.Echo/Call")
             expected = {
                 "full": grpc.StatusCode.RESOURCE_EXHAUSTED,

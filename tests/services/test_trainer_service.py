@@ -19,8 +19,8 @@ import grpc
 import pytest
 import yaml
 
-from mtserve.auth import admin_token_path, read_token_file
 from mtserve.checkpoints import read_manifest
+from mtserve.config import load_settings
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
 from mtserve_api.client import connect
 from mtserve_api.v1 import trainer_pb2 as tpb
@@ -221,8 +221,8 @@ class ServiceProcess:
             self.proc.kill()
             raise AssertionError(f"`mtserve serve trainer` did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
         self.address = line.split("listening on ")[1].strip()
-        # Its own home: the local admin token it made there on start.
-        self.token = read_token_file(admin_token_path(Path(env["MTSERVE_HOME"])))
+        # Its own home: the local admin token and the local CA it made there on start.
+        self.settings = load_settings(env={"MTSERVE_HOME": env["MTSERVE_HOME"]})
 
 
 def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like_an_uninterrupted_run(tmp_path, tiny_llama_dir):
@@ -234,7 +234,7 @@ def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like
     jobs_dir = tmp_path / "jobs"
     first = ServiceProcess(jobs_dir, env)
     try:
-        with TrainerClient(first.address, token=first.token) as client:
+        with TrainerClient(first.address, settings=first.settings) as client:
             job_id = client.start_job(job.read_text(), base_dir=str(job.parent)).id
             events = jobs_dir / job_id / "events.jsonl"
 
@@ -253,7 +253,7 @@ def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like
 
     second = ServiceProcess(jobs_dir, env)
     try:
-        with TrainerClient(second.address, token=second.token) as client:
+        with TrainerClient(second.address, settings=second.settings) as client:
             interrupted = client.get_job(job_id)
             assert interrupted.state is JobState.INTERRUPTED and "service was stopped or killed" in interrupted.error
             assert interrupted.attempts[0].outcome == "interrupted"
