@@ -46,6 +46,40 @@ def test_migrations_reach_head_and_match_the_schema_module(store, db_url):
     assert store.revision() == 0
 
 
+def test_a_registry_at_0001_with_routes_upgrades_to_the_audit_schema(db_url, hotel, tiny_llama_dir):
+    """A database made before the audit trail (at 0001, with a task in it)
+    migrates to 0002 at start, keeps its data, and records actors from then on."""
+    from alembic import command
+    from alembic.config import Config
+
+    from services.registry.store import MIGRATIONS
+
+    old = RegistryStore(db_url, run_migrations=False)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with old.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with old.engine.begin() as conn:  # a route as the 0001 code wrote it
+        conn.exec_driver_sql("INSERT INTO tasks (name, status, latest_version, updated_at) VALUES ('csa', 'active', 1, 't0')")
+        conn.exec_driver_sql(
+            "INSERT INTO task_versions (name, version, content_hash, definition_json, created_at) VALUES ('csa', 1, 'h', ?, 't0')"
+            if conn.dialect.name == "sqlite" else
+            "INSERT INTO task_versions (name, version, content_hash, definition_json, created_at) VALUES ('csa', 1, 'h', %s, 't0')",
+            (json.dumps(hotel.task("csa").with_version(None).to_dict()),),
+        )
+    old.close()
+    store = RegistryStore(db_url)  # migrates to head
+    try:
+        assert schema_revision(store.engine) == "0002"
+        store.register_checkpoint(tiny_llama_dir, actor="ops-bob")
+        store.set_routes([RouteChange("csa", "tiny-llama")], "after the upgrade", actor="ops-bob")
+        assert [e.actor for e in store.route_history("csa")] == ["ops-bob"]
+        assert [(e.actor, e.action) for e in store.audit_log()] == [("ops-bob", "set_route"), ("ops-bob", "register_checkpoint")]
+    finally:
+        store.close()
+
+
 def test_versions_change_only_when_the_definition_does(store, hotel):
     task = hotel.task("rc-a")
     first = store.register_task(task)
