@@ -20,6 +20,7 @@ vs. mixed batches to 1e-5).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, Render
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
 __all__ = ["Engine", "LabelScore", "Prediction", "Request"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,6 +150,9 @@ class Engine:
                 per_request[i] = mine
             except MtserveError as exc:
                 results[i] = exc
+            except Exception as exc:
+                log.error("cannot prepare request %d (task %s)", i, req.task.name, exc_info=exc)
+                results[i] = MtserveError(f"task {req.task.name!r}: the request could not be prepared ({type(exc).__name__})")
         self._run(rendered, queries)
         for i, mine in per_request.items():
             results[i] = self._prediction(requests[i], rendered[mine[0].prefix], mine)

@@ -227,12 +227,24 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
+# An instruction is a sentence or a short paragraph; this bounds what one
+# registered task can add to every prompt it is asked in.
+MAX_INSTRUCTION_CHARS = 4000
+
+
 def placeholders(template: str, where: str) -> set[str]:
-    """The `{field}` names a template uses; unbalanced braces are an error."""
+    """The `{field}` names a template uses. Unbalanced braces are an error, and
+    so is a format spec or conversion (`{labels:>9999}`, `{labels!r}`): they
+    would fail or blow up at render time, inside a batch of other requests."""
     try:
-        return {fname for _, fname, _, _ in string.Formatter().parse(template) if fname is not None}
+        fields = [(fname, spec, conv) for _, fname, spec, conv in string.Formatter().parse(template) if fname is not None]
     except ValueError as exc:
         raise ValidationError(where, f"is not a valid template ({exc}; write literal braces as '{{{{' and '}}}}')", template) from None
+    for fname, spec, conv in fields:
+        if spec or conv:
+            shown = "{" + fname + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValidationError(where, f"placeholders take no format spec or conversion (write {{{fname}}}, not {shown})", template)
+    return {fname for fname, _, _ in fields}
 
 
 def _parse_labels(raw: Any, taxonomy: Taxonomy, where: str) -> tuple[Label, ...]:
@@ -320,6 +332,11 @@ def parse_task(data: Mapping[str, Any], where: str = "task") -> Task:
     if taxonomy is Taxonomy.GENERATION and "labels" in placeholders(instruction, where):
         raise ValidationError(f"{where}.instruction", "a generation task has no labels to list", instruction)
     labels = _parse_labels(data.get("labels"), taxonomy, f"{where}.labels")
+    rendered = instruction.format(labels=", ".join(label.verbalizer for label in labels))  # exactly what the renderer does
+    if len(rendered) > MAX_INSTRUCTION_CHARS:
+        raise ValidationError(
+            f"{where}.instruction", f"renders to {len(rendered)} characters with its labels; at most {MAX_INSTRUCTION_CHARS}", instruction[:80] + "..."
+        )
     metric = _enum(Metric, data.get("metric", _DEFAULT_METRIC[taxonomy].value), f"{where}.metric")
     if metric not in ALLOWED_METRICS[taxonomy]:
         allowed = sorted(m.value for m in ALLOWED_METRICS[taxonomy])

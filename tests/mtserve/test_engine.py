@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mtserve.engine import Engine, Prediction, Request, decode_answer
-from mtserve.errors import ValidationError
+from mtserve.errors import MtserveError, ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, Turn
 from mtserve.tasks import Channel, parse_task
 
@@ -143,6 +143,18 @@ def test_a_bad_request_does_not_sink_the_batch(engine, hotel):
     assert isinstance(out[0], Prediction)
     assert isinstance(out[1], ValidationError) and "reads conversation input" in str(out[1])
     assert isinstance(out[2], ValidationError) and "applies to channels" in str(out[2])
+
+
+def test_a_request_that_breaks_while_prepared_fails_alone(engine, hotel):
+    """A task that slipped past validation (here: built by hand with a format
+    spec the parser refuses) fails its own request, not the batch."""
+    import dataclasses
+
+    broken = dataclasses.replace(hotel.task("csa"), instruction="Answer {labels:d}.")
+    good = Request(hotel.task("rc-a"), conv(Channel.CALL))
+    out = engine.predict([good, Request(broken, conv(Channel.CALL)), good])
+    assert isinstance(out[0], Prediction) and isinstance(out[2], Prediction)
+    assert isinstance(out[1], MtserveError) and "task 'csa': the request could not be prepared (ValueError)" in str(out[1])
 
 
 def test_generation_stops_at_its_bound(engine, hotel):

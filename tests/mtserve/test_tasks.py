@@ -215,3 +215,14 @@ def test_truncation_policy_most_specific_budget():
     assert policy.budget_for(InputKind.TEXT, None).max_tokens == 1024  # built-in default
     with pytest.raises(ValidationError, match="duplicate budget"):
         TruncationPolicy.from_list([{"input_kind": "text", "max_tokens": 100}, {"input_kind": "text", "max_tokens": 200}])
+
+
+@pytest.mark.parametrize("instruction", ["Answer {labels:d}.", "Answer {labels:>10000000}.", "Answer {labels!r}."])
+def test_format_specs_and_conversions_are_refused_at_registration(instruction):
+    """They passed parsing and failed (or rendered ten million characters) at
+    render time, inside a batch of other tasks' requests."""
+    refused(task_with(instruction=instruction), "task(rc-a).instruction: placeholders take no format spec or conversion (write {labels}")
+
+
+def test_an_instruction_that_renders_too_long_is_refused():
+    refused(task_with(instruction="Decide. " * 600 + "Answer {labels}."), "task(rc-a).instruction: renders to", "at most 4000")
