@@ -252,9 +252,12 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         # Without this a second server on the same port starts silently and
         # steals half the connections.
         ("grpc.so_reuseport", 0),
-        # Watch streams are long-lived; allow the clients' keepalive pings.
+        # Watch streams are long-lived; allow the clients' keepalive pings (every
+        # 20 s, mtserve_api/client.py) on idle streams. This is the server-side
+        # argument; without it the server allows one ping per 5 minutes and
+        # answers a client's third early ping with GOAWAY too_many_pings.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]
 
 
