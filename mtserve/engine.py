@@ -267,7 +267,8 @@ class Engine:
             mask[r, width - len(p):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache(config=self.model.config)
-        self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        # `cache=`: transformers 5.24's name (`past_key_values` is removed in 5.40).
+        self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True, logits_to_keep=1)
         return cache, mask
 
     def _extend(
@@ -292,7 +293,7 @@ class Engine:
             input_ids=ids.to(self.device),
             attention_mask=full_mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=torch.tensor(keep, device=self.device),
         )
@@ -300,7 +301,7 @@ class Engine:
         if last_only:
             column = {pos: k for k, pos in enumerate(keep)}
             logits = logits[torch.arange(len(tokens)), torch.tensor([column[p] for p in last])]
-        return logits, out.past_key_values, full_mask
+        return logits, out.cache, full_mask
 
 
 def decode_answer(tokenizer: Any, generated: Sequence[int], end_id: int) -> str:

@@ -157,6 +157,17 @@ def test_a_request_that_breaks_while_prepared_fails_alone(engine, hotel):
     assert isinstance(out[1], MtserveError) and "task 'csa': the request could not be prepared (ValueError)" in str(out[1])
 
 
+def test_scoring_uses_the_current_cache_argument(engine, hotel):
+    """No deprecation from the model call: `past_key_values` is removed in
+    transformers 5.40 (every scoring run printed its FutureWarning)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        out = engine.predict([Request(hotel.task("rc-a"), conv(Channel.CALL))])
+    assert isinstance(out[0], Prediction)
+
+
 def test_generation_stops_at_its_bound(engine, hotel):
     task = dataclasses.replace(hotel.task("cs"), max_new_tokens=3)
     p = engine.predict([Request(task, conv(Channel.IM))])[0]
