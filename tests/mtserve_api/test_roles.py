@@ -176,3 +176,18 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path):
         assert call(address, method, every_rpc()[method], mutual.client_token(), mutual.client_tls()) is grpc.StatusCode.OK
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.parametrize("setting", ["auth.enabled", "tls.enabled"])
+def test_turning_auth_or_tls_off_is_refused_off_loopback_and_announced(tmp_path, caplog, setting):
+    from mtserve.errors import PreconditionError
+    from services.common.server import server_tls, token_store
+
+    check = token_store if setting == "auth.enabled" else server_tls
+    off = load_settings(overrides={"home": str(tmp_path), setting: False}, env={})
+    with pytest.raises(PreconditionError, match=f"{setting} is false: the registry service may then listen on a loopback address only"):
+        check(off, "registry", "0.0.0.0:50051")
+    with caplog.at_level("WARNING"):
+        assert check(off, "registry", "127.0.0.1:50051") is None
+    assert ("AUTH IS OFF" if setting == "auth.enabled" else "TLS IS OFF") in caplog.text
+    assert check(load_settings(overrides={"home": str(tmp_path)}, env={}), "registry", "0.0.0.0:50051") is not None  # on by default
