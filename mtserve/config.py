@@ -36,6 +36,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _threads_left(section: Any, bounded: str) -> None:
+    """A gRPC server's worker threads must outnumber the calls allowed to hold
+    one for long (`bounded`: open streams, calls waiting for the model), so
+    that health checks and short calls always find a thread."""
+    if getattr(section, bounded) >= section.max_workers:
+        raise ValueError(f"{bounded} ({getattr(section, bounded)}) must be below max_workers ({section.max_workers})")
+
+
 MIB = 1024 * 1024
 
 
@@ -46,8 +54,12 @@ class RegistrySettings(_Section):
     # RegisterCheckpoint accepts folders inside the checkpoints root
     # (`checkpoints_dir`) and inside these folders only.
     checkpoint_roots: list[str] = Field(default_factory=list)
-    # gRPC server: each Watch stream (one per inference replica) holds a worker thread.
+    # gRPC server: each Watch stream (one per inference replica) holds a
+    # worker thread, so open streams are bounded below the threads: a stream
+    # beyond max_streams is refused (RESOURCE_EXHAUSTED), and the unary calls
+    # keep max_workers - max_streams threads whatever the streams do.
     max_workers: int = Field(default=32, ge=2)
+    max_streams: int = Field(default=24, ge=1)
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # How often a Watch stream re-reads the revision, to see writes made by
@@ -55,6 +67,11 @@ class RegistrySettings(_Section):
     watch_poll_seconds: float = Field(default=1.0, gt=0)
     # Deadline of each call the CLI and other clients make to the registry.
     client_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _streams_leave_threads(self) -> RegistrySettings:
+        _threads_left(self, "max_streams")
+        return self
 
 
 class InferenceSettings(_Section):
@@ -69,7 +86,12 @@ class InferenceSettings(_Section):
     # through a registry outage (under home by default).
     state_file: str | None = None
     # gRPC server: a call waiting for its batch holds a worker thread.
+    # Admission: at most max_inflight_calls Classify/ClassifyMany/Generate
+    # calls wait for the model at once; the next is refused at once with
+    # RESOURCE_EXHAUSTED (not queued into latency), and the threads above the
+    # bound keep health checks and ModelInfo answering under a flood.
     max_workers: int = Field(default=64, ge=2)
+    max_inflight_calls: int = Field(default=48, ge=1)
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Reconnecting to the registry's Watch: exponential backoff with jitter.
@@ -77,6 +99,11 @@ class InferenceSettings(_Section):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     # Deadline of each call clients (CLI, batch scorer) make to the service.
     client_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _calls_leave_threads(self) -> InferenceSettings:
+        _threads_left(self, "max_inflight_calls")
+        return self
 
 
 class BatchSettings(_Section):
@@ -179,13 +206,20 @@ class TrainerSettings(_Section):
     cancel_grace_seconds: float = Field(default=10.0, ge=0)
     # How often running jobs' processes and event logs are looked at.
     poll_seconds: float = Field(default=0.2, gt=0)
-    # gRPC server: each WatchJob stream holds a worker thread.
+    # gRPC server: each WatchJob stream holds a worker thread; streams beyond
+    # max_streams are refused, as the registry's are.
     max_workers: int = Field(default=16, ge=2)
+    max_streams: int = Field(default=12, ge=1)
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # Deadline of each call the CLI makes to the service (CancelJob waits for
     # the process to end: it gets cancel_grace_seconds more).
     client_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _streams_leave_threads(self) -> TrainerSettings:
+        _threads_left(self, "max_streams")
+        return self
 
 
 class AuthSettings(_Section):

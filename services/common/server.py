@@ -81,9 +81,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     INTERNAL (logged with an id the caller can quote), tracks calls in
     flight, and refuses new calls with UNAVAILABLE while draining."""
 
-    def __init__(self, service: str, tokens: TokenStore | None = None):
+    def __init__(self, service: str, tokens: TokenStore | None = None, max_streams: int | None = None):
         self.service = service
         self.tokens = tokens  # None: auth is off (an explicit setting, loopback only)
+        # A server-streaming call holds its worker thread for as long as the
+        # stream is open; bounding them below the pool keeps threads for the
+        # unary calls (idle Watch streams once took a registry down).
+        self.max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams) if max_streams else None
         self.draining = threading.Event()
         self._inflight = 0
         self._idle = threading.Condition()
@@ -180,6 +185,13 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 _caller.set(caller)
                 self._refuse_if_draining(context, method)
+                streams = self._streams
+                if streams is not None and not streams.acquire(blocking=False):
+                    log.warning("%s: %s refused: %d streams open (the limit)", self.service, method, self.max_streams)
+                    context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the {self.service} service has {self.max_streams} streams open, its limit ({self.service}.max_streams); retry with backoff",
+                    )
                 self._enter()
                 try:
                     yield from inner_us(request, context)
@@ -187,6 +199,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     self._fail(context, method, exc)
                 finally:
                     self._exit()
+                    if streams is not None:
+                        streams.release()
 
             return handler._replace(unary_stream=unary_stream)
         return handler  # no client-streaming methods in mtserve.v1 (reflection's is checked above)
@@ -274,22 +288,24 @@ class Service:
         max_message_bytes: int,
         grace_seconds: float,
         max_concurrent_rpcs: int | None = None,
+        max_streams: int | None = None,
         tokens: TokenStore | None = None,
         tls: ServerPems | None = None,
     ):
         """`tokens`: the token store calls are checked against (`token_store`);
         None serves without auth. `tls`: the certificate to present
-        (`server_tls`); None serves plaintext."""
+        (`server_tls`); None serves plaintext. `max_streams`: server-streaming
+        calls open at once (None: unbounded, for servers without streams)."""
         self.names = list(service_names)
         self.tls = tls
-        self.interceptor = ErrorInterceptor(service, tokens)
+        self.interceptor = ErrorInterceptor(service, tokens, max_streams)
         self.grace_seconds = grace_seconds
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-rpc"),
             interceptors=[self.interceptor],
             options=server_options(max_message_bytes),
-            # Beyond this gRPC itself answers RESOURCE_EXHAUSTED; without it,
-            # calls waiting for a worker thread queue without bound.
+            # Beyond this gRPC itself answers RESOURCE_EXHAUSTED at once;
+            # without it, calls waiting for a worker thread queue without bound.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)

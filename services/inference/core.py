@@ -29,7 +29,7 @@ from typing import Any, TypedDict
 
 from mtserve.checkpoints import manifest_sha256
 from mtserve.engine import Engine, Prediction, Request
-from mtserve.errors import IntegrityError, MtserveError, NotFoundError, PreconditionError, UnavailableError, ValidationError
+from mtserve.errors import IntegrityError, MtserveError, NotFoundError, OverloadedError, PreconditionError, UnavailableError, ValidationError
 from mtserve.inputs import Input, check_task_accepts
 from mtserve.predictions import Answer, Timing
 from mtserve.records import (
@@ -114,6 +114,7 @@ class InferenceCore:
         max_batch_requests: int = 64,
         max_wait_ms: float = 5.0,
         queue_size: int = 256,
+        max_inflight_calls: int | None = None,
         loader: Loader | None = None,
     ):
         self.device, self.dtype = device, dtype
@@ -121,6 +122,11 @@ class InferenceCore:
             "max_batch_tokens": max_batch_tokens, "max_batch_requests": max_batch_requests, "max_wait_ms": max_wait_ms, "queue_size": queue_size
         }
         self.loader = loader or self._load
+        # Admission: calls waiting for the model at once (None: unbounded). A
+        # call beyond it is refused before it queues, so overload is a prompt
+        # RESOURCE_EXHAUSTED the client backs off from, not minutes of latency.
+        self.max_inflight_calls = max_inflight_calls
+        self._admission = threading.BoundedSemaphore(max_inflight_calls) if max_inflight_calls else None
         self._serving: Serving | None = None
         self._failed: dict[str, tuple[CheckpointRecord, float, str]] = {}  # id -> (record, when, why)
         self._apply_lock = threading.Lock()
@@ -139,6 +145,7 @@ class InferenceCore:
             max_batch_requests=s.max_batch_requests,
             max_wait_ms=s.max_wait_ms,
             queue_size=s.queue_size,
+            max_inflight_calls=s.max_inflight_calls,
             loader=loader,
         )
 
@@ -282,7 +289,22 @@ class InferenceCore:
         self, resolved: Sequence[tuple[Task, Model]], inp: Input, truncate: bool, timeout: float | None, on_end: OnEnd | None
     ) -> list[Answer]:
         """One job per checkpoint (so an input's prefix is computed once per
-        model), all submitted before any is awaited."""
+        model), all submitted before any is awaited; admitted first."""
+        admission = self._admission
+        if admission is not None and not admission.acquire(blocking=False):
+            raise OverloadedError(
+                f"the inference service has {self.max_inflight_calls} calls waiting for the model, its limit "
+                "(inference.max_inflight_calls); retry with backoff"
+            )
+        try:
+            return self._score_admitted(resolved, inp, truncate, timeout, on_end)
+        finally:
+            if admission is not None:
+                admission.release()
+
+    def _score_admitted(
+        self, resolved: Sequence[tuple[Task, Model]], inp: Input, truncate: bool, timeout: float | None, on_end: OnEnd | None
+    ) -> list[Answer]:
         groups: dict[str, list[int]] = {}
         for i, (_, model) in enumerate(resolved):
             groups.setdefault(model.checkpoint.id, []).append(i)

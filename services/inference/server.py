@@ -81,9 +81,11 @@ def create_server(
         max_workers=settings.inference.max_workers,
         max_message_bytes=settings.inference.max_message_bytes,
         grace_seconds=settings.inference.shutdown_grace_seconds,
-        # Calls beyond the worker threads wait for one; bounded like the
-        # batch queue so overload is refused (RESOURCE_EXHAUSTED), not queued forever.
-        max_concurrent_rpcs=settings.inference.max_workers + settings.inference.queue_size,
+        # No call waits for a worker thread: beyond the threads gRPC refuses
+        # at once (RESOURCE_EXHAUSTED). Model calls are admitted below that
+        # (inference.max_inflight_calls, in the core), so threads stay free
+        # for health checks and for refusing quickly.
+        max_concurrent_rpcs=settings.inference.max_workers,
         tokens=token_store(settings, "inference", address),
         tls=server_tls(settings, "inference", address),
     )

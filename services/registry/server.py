@@ -129,6 +129,7 @@ def create_server(
         [SERVICE_NAME],
         service="registry",
         max_workers=settings.registry.max_workers,
+        max_streams=settings.registry.max_streams,
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
         tokens=token_store(settings, "registry", address),

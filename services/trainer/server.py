@@ -116,6 +116,7 @@ def create_server(
         [SERVICE_NAME],
         service="trainer",
         max_workers=t.max_workers,
+        max_streams=t.max_streams,
         max_message_bytes=t.max_message_bytes,
         grace_seconds=t.shutdown_grace_seconds,
         tokens=token_store(settings, "trainer", address),

@@ -179,3 +179,48 @@ def test_graceful_shutdown(gated):
         stub.Classify(ipb.ClassifyRequest(task="ec", input=convert.input_to_pb(sample("email"))), timeout=5)
     assert info.value.code() is grpc.StatusCode.UNAVAILABLE  # nobody listens any more
     channel.close()
+
+
+@pytest.fixture
+def admitting(tmp_path, hotel, tiny_llama_dir):
+    """Admission of 3 calls, 8 worker threads, a batch queue that never fills."""
+    settings = make_settings(tmp_path, **{
+        "inference.max_inflight_calls": 3, "inference.max_workers": 8, "inference.queue_size": 64, "inference.max_wait_ms": 0,
+    })
+    stack = start_stack(settings, hotel, [tiny_llama_dir], inference=False)
+    loader = GatedLoader()
+    loader.allow.set()
+    stack.start_inference(loader=loader)
+    yield stack, loader
+    for model in loader.models.values():
+        model.gate.set()
+    stack.stop()
+
+
+def test_a_flood_beyond_admission_is_refused_before_any_admitted_call_completes(admitting):
+    stack, loader = admitting
+    wait_for(lambda: health(stack.inference_address) == SERVING, "models loaded")
+    model = loader.models["tiny-llama"]
+    model.closed = True  # every forward pass waits for the gate: no admitted call can complete
+    flood = 20
+    with connect(stack.inference_address) as channel:
+        stub = ipb_grpc.InferenceStub(channel)
+        calls = [classify_in_thread(stub) for _ in range(flood)]
+        refused = lambda: [out for _, out in calls if "error" in out]  # noqa: E731
+        wait_for(lambda: len(refused()) >= flood - 3, "every call beyond the admission bound to be refused")
+        assert not any("response" in out for _, out in calls)  # the gate is still closed
+        assert {out["error"].code() for out in refused()} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert len(refused()) == flood - 3
+        # Threads above the bound keep health answering during the flood.
+        assert health(stack.inference_address) == SERVING
+        model.gate.set()
+        for thread, _ in calls:
+            thread.join()
+    answered = [out for _, out in calls if "response" in out]
+    assert len(answered) == 3 and all(out["response"].prediction.label for out in answered)
+    details = {out["error"].details() for _, out in calls if "error" in out}
+    # Refused by admission (the core) or, beyond the 8 threads, by gRPC itself: never queued.
+    assert details <= {
+        "the inference service has 3 calls waiting for the model, its limit (inference.max_inflight_calls); retry with backoff",
+        "Concurrent RPC limit exceeded!",
+    }, details
