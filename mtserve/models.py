@@ -93,14 +93,14 @@ def load_checkpoint(
 ) -> LoadedModel:
     """Load a checkpoint folder after verifying its manifest. A LoRA checkpoint
     loads its base (by id, under `root` or beside it) and checks the base's
-    manifest hash before merging the adapter."""
+    manifest hash before merging the adapter. A folder without a manifest is
+    refused (IntegrityError): serving loads only what verifies, and a plain
+    model folder becomes a checkpoint through `mtserve models import`."""
     from transformers import AutoModelForCausalLM
 
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"model folder {str(folder)!r} does not exist")
-    if not (folder / "manifest.json").exists():
-        return _load_plain_folder(folder, device=device, dtype=dtype)
     manifest = verify_checkpoint(folder) if verify else read_manifest(folder)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -129,6 +129,17 @@ def load_checkpoint(
     # functools.wraps on PreTrainedModel.to hides the bound self from mypy.
     model.to(dev).eval()  # type: ignore[arg-type]
     return LoadedModel(model=model, tokenizer=load_tokenizer(tok_dir), manifest=manifest, path=folder)
+
+
+def load_model_folder(folder: str | Path, *, device: str = "auto", dtype: str = "auto", root: str | Path | None = None) -> LoadedModel:
+    """What a user names on the command line for a local run (`mtserve
+    classify --model`, `mtserve bench`): a checkpoint, verified, or a plain
+    Hugging Face folder, loaded unverified because it has no hashes to check.
+    Never used by serving (load_checkpoint)."""
+    folder = Path(folder)
+    if folder.is_dir() and not (folder / "manifest.json").exists():
+        return _load_plain_folder(folder, device=device, dtype=dtype)
+    return load_checkpoint(folder, device=device, dtype=dtype, root=root)
 
 
 def _load_plain_folder(folder: Path, *, device: str, dtype: str) -> LoadedModel:

@@ -27,12 +27,12 @@ def engine_bench(
     agree; the speed-up is reported as a ratio."""
     from batch.synth import generate_day
     from mtserve.engine import Engine, Request
-    from mtserve.models import load_checkpoint, resolve_model_path
+    from mtserve.models import load_model_folder, resolve_model_path
     from mtserve.tasks import builtin_catalogue_path, load_catalogue
 
     s = settings()
     cat = load_catalogue(builtin_catalogue_path("hotel"))
-    loaded = load_checkpoint(resolve_model_path(model, s.checkpoints_root), device=s.device, dtype=s.dtype, root=s.checkpoints_root)
+    loaded = load_model_folder(resolve_model_path(model, s.checkpoints_root), device=s.device, dtype=s.dtype, root=s.checkpoints_root)
     engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=s.inference.max_batch_tokens)
     day = generate_day("2026-01-01", n, seed=7)
     convs = [c.record for c in day.conversations]

@@ -155,7 +155,7 @@ def classify(
         print_predictions(predictions, as_json, checkpoint=checkpoint, elapsed=time.monotonic() - started)
         return
     from mtserve.engine import Engine, Request
-    from mtserve.models import load_checkpoint, resolve_model_path
+    from mtserve.models import load_model_folder, resolve_model_path
 
     s = settings()
     cat = load_catalogue(catalogue or builtin_catalogue_path("hotel"))
@@ -164,7 +164,7 @@ def classify(
         check_task_accepts(t, inp)
     path = resolve_model_path(model, s.checkpoints_root)
     try:
-        loaded = load_checkpoint(path, device=s.device, dtype=s.dtype, root=s.checkpoints_root)
+        loaded = load_model_folder(path, device=s.device, dtype=s.dtype, root=s.checkpoints_root)
     except OSError as exc:
         fail(f"cannot load model from {path}: {exc}")
     engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=s.inference.max_batch_tokens)

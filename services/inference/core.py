@@ -29,7 +29,15 @@ from typing import Any, TypedDict
 
 from mtserve.checkpoints import manifest_sha256
 from mtserve.engine import Engine, Prediction, Request
-from mtserve.errors import IntegrityError, MtserveError, NotFoundError, OverloadedError, PreconditionError, UnavailableError, ValidationError
+from mtserve.errors import (
+    IntegrityError,
+    MtserveError,
+    NotFoundError,
+    OverloadedError,
+    PreconditionError,
+    UnavailableError,
+    ValidationError,
+)
 from mtserve.inputs import Input, check_task_accepts
 from mtserve.predictions import Answer, Timing
 from mtserve.records import (
@@ -163,8 +171,11 @@ class InferenceCore:
         folder = Path(record.path)
         # The folder must still hold the artefact the registry registered
         # (checked before an expensive load); load_checkpoint then verifies
-        # every file hash against that manifest.
-        if (folder / "manifest.json").exists() and manifest_sha256(folder) != record.manifest_sha256:
+        # every file hash against that manifest. No manifest, no load: a
+        # folder stripped of it would otherwise load unverified.
+        if not (folder / "manifest.json").is_file():
+            raise IntegrityError(f"checkpoint {record.id!r}: its manifest.json is missing; it cannot be verified, so it is not served")
+        if manifest_sha256(folder) != record.manifest_sha256:
             raise IntegrityError(f"checkpoint {record.id!r}: {folder}/manifest.json differs from the manifest registered (sha256 {record.manifest_sha256[:12]}...)")
         loaded = load_checkpoint(folder, device=self.device, dtype=self.dtype)
         if loaded.manifest.id != record.id:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 
 import pytest
 
@@ -122,3 +123,16 @@ def test_the_saving_library_version_does_not_change_a_checkpoints_identity(tmp_p
     assert digests[0] == digests[1]
     (tmp_path / "v5.24.0" / "model.safetensors").write_bytes(b"other weights")
     assert content_sha256(write_manifest(tmp_path / "v5.24.0", id="ck-other")) != digests[0]  # the weights still count
+
+
+def test_serving_loads_only_verified_checkpoints_the_cli_also_plain_folders(tiny_llama_dir, tmp_path):
+    from mtserve.models import load_model_folder
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_llama_dir, plain)
+    (plain / "manifest.json").unlink()
+    with pytest.raises(IntegrityError, match="no manifest.json; not an mtserve checkpoint"):
+        load_checkpoint(plain, device="cpu", dtype="float32")
+    loaded = load_model_folder(plain, device="cpu", dtype="float32")  # a local run, said to be unverified
+    assert loaded.manifest.description == "plain Hugging Face folder, not verified"
+    assert load_model_folder(tiny_llama_dir, device="cpu", dtype="float32").manifest.id == "tiny-llama"

@@ -144,6 +144,21 @@ def test_no_route_unloadable_checkpoint_and_retired_task(stack, stub, tiny_llama
     assert not broken_info.loaded and "model.safetensors" in broken_info.error
     assert stub.Classify(ipb.ClassifyRequest(task="rtc", input=review), timeout=30).prediction.checkpoint_id == "tiny-llama"  # the rest serves on
 
+    # ... and one stripped of its manifest, with a file added, is not loaded unverified
+    stripped = tmp_path_factory.mktemp("stripped") / "stripped-ckpt"
+    shutil.copytree(tiny_llama_dir, stripped)
+    (stripped / "manifest.json").unlink()
+    write_manifest(stripped, id="stripped-ckpt")
+    registry.register_checkpoint(str(stripped))
+    (stripped / "manifest.json").unlink()
+    (stripped / "extra.safetensors").write_bytes(b"not listed anywhere")
+    _, revision = registry.set_routes([RouteChange("fresh", "stripped-ckpt")])
+    stack.wait_synced(revision)
+    assert fails(stub.Classify, ipb.ClassifyRequest(task="fresh", input=review), grpc.StatusCode.FAILED_PRECONDITION) == (
+        "task 'fresh' is routed to checkpoint 'stripped-ckpt', which could not be loaded: IntegrityError: "
+        "checkpoint 'stripped-ckpt': its manifest.json is missing; it cannot be verified, so it is not served"
+    )
+
     registry.retire_task("hs")
     stack.wait_synced()
     assert fails(stub.Classify, ipb.ClassifyRequest(task="hs", input=CALL), grpc.StatusCode.FAILED_PRECONDITION) == (

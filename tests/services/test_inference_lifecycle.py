@@ -206,7 +206,7 @@ def test_a_flood_beyond_admission_is_refused_before_any_admitted_call_completes(
     with connect(stack.inference_address) as channel:
         stub = ipb_grpc.InferenceStub(channel)
         calls = [classify_in_thread(stub) for _ in range(flood)]
-        refused = lambda: [out for _, out in calls if "error" in out]  # noqa: E731
+        refused = lambda: [out for _, out in calls if "error" in out]
         wait_for(lambda: len(refused()) >= flood - 3, "every call beyond the admission bound to be refused")
         assert not any("response" in out for _, out in calls)  # the gate is still closed
         assert {out["error"].code() for out in refused()} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
