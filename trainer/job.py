@@ -51,6 +51,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import ValidationError
+from mtserve.paths import confined_path
 from mtserve.tasks import NAME_RE
 
 METHODS: tuple[str, ...] = (
@@ -441,26 +442,24 @@ __all__ = [
 
 def confine(spec: JobSpec, root: Path, checkpoints_root: Path) -> None:
     """What a job run for someone else (the trainer service, its job
-    processes) may touch: its folder and every output folder inside `root`,
-    and a base model named by checkpoint id or lying inside
-    `checkpoints_root`. Paths are resolved first, so `..` and symbolic links
-    cannot lead out. Raises ValidationError naming the field."""
-    root, checkpoints_root = root.expanduser().resolve(), checkpoints_root.expanduser().resolve()
-
-    def inside(path: Path, folder: Path) -> bool:
-        return path.expanduser().resolve().is_relative_to(folder)
-
-    if not inside(spec.base_dir, root):
-        raise ValidationError("base_dir", f"must be inside the trainer root {root} (setting trainer.root)", str(spec.base_dir))
-    outputs = {"output.runs_dir": spec.runs_path}
+    processes) may touch: its folder, every output folder, its catalogue file
+    and data folder inside `root`, and a base model named by checkpoint id or
+    lying inside `checkpoints_root`. Paths are resolved first, so `..` and
+    symbolic links cannot lead out. Raises ValidationError naming the field
+    and quoting the spec's own string, never a path of the server's."""
+    roots = [root.expanduser().resolve()]
+    in_root = "the trainer root (setting trainer.root)"
+    confined_path(str(spec.base_dir), "base_dir", roots, in_root)
+    base = spec.base_dir.resolve()
+    fields = {"output.runs_dir": spec.output.runs_dir, "data_dir": spec.data_dir}
     if spec.output.checkpoints_dir is not None:
-        outputs["output.checkpoints_dir"] = spec.path(spec.output.checkpoints_dir)
-    for field, path in outputs.items():
-        if not inside(path, root):
-            raise ValidationError(field, f"must be inside the trainer root {root} (setting trainer.root)", str(path))
-    if spec.base_model is not None:
-        by_id = "/" not in spec.base_model and not spec.path(spec.base_model).exists()
-        if not by_id and not inside(spec.path(spec.base_model), checkpoints_root):
-            raise ValidationError(
-                "base_model", f"must be a checkpoint id or a folder inside the checkpoint root {checkpoints_root}", spec.base_model
-            )
+        fields["output.checkpoints_dir"] = spec.output.checkpoints_dir
+    if spec.catalogue.endswith((".yaml", ".yml")) or "/" in spec.catalogue:  # a file, not a built-in catalogue's name
+        fields["catalogue"] = spec.catalogue
+    for field, value in fields.items():
+        confined_path(value, field, roots, in_root, base=base)
+    # A folder (the pipeline looks for one relative to the job's folder before
+    # it looks up an id under the checkpoint root), not an id.
+    if spec.base_model is not None and ("/" in spec.base_model or spec.base_model.startswith(("~", ".")) or (base / spec.base_model).exists()):
+        confined_path(spec.base_model, "base_model", [checkpoints_root.expanduser().resolve()],
+                      "the checkpoint root (setting checkpoints_dir), or be a checkpoint id", base=base)

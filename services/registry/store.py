@@ -27,7 +27,8 @@ from sqlalchemy import Connection, Engine, Row, select, update
 
 from mtserve import db
 from mtserve.checkpoints import MANIFEST, check_checkpoint_id, manifest_sha256, verify_checkpoint
-from mtserve.errors import NotFoundError, PreconditionError, ValidationError
+from mtserve.errors import IntegrityError, NotFoundError, PreconditionError, ValidationError
+from mtserve.paths import caller_path, confined_path
 from mtserve.records import (
     AuditEntry,
     CheckpointRecord,
@@ -268,15 +269,21 @@ class RegistryStore:
         The same manifest again is a no-op (the path is updated if the folder
         moved); another manifest under a registered id is refused: checkpoints
         are immutable."""
-        if not str(path).strip():
-            raise ValidationError("path", "must name a checkpoint folder", str(path))
-        folder = Path(path).expanduser().resolve()  # symlinks resolved: a link cannot lead out
-        if self.checkpoint_roots is not None and not any(folder.is_relative_to(root) for root in self.checkpoint_roots):
-            raise ValidationError(
-                "path", f"must be inside a checkpoint root ({', '.join(map(str, self.checkpoint_roots))}; "
-                "settings checkpoints_dir and registry.checkpoint_roots)", str(folder)
-            )
-        manifest = verify_checkpoint(folder)  # hashes every file: done before the transaction
+        value = str(path)
+        where = "a checkpoint root of the registry (settings checkpoints_dir and registry.checkpoint_roots)"
+        # Path errors quote the caller's string only: never the resolved
+        # folder, the registry's home or working folder, nor the roots.
+        folder = (caller_path(value, "path").resolve() if self.checkpoint_roots is None
+                  else confined_path(value, "path", self.checkpoint_roots, where))
+        if not folder.is_dir():
+            raise ValidationError("path", "is not a folder the registry can read", value)
+        if not (folder / MANIFEST).is_file():
+            raise ValidationError("path", "has no manifest.json: not an mtserve checkpoint (run `mtserve models import` on a plain model folder)", value)
+        try:
+            manifest = verify_checkpoint(folder)  # hashes every file: done before the transaction
+        except (IntegrityError, ValidationError) as exc:
+            exc.args = (str(exc).replace(str(folder), value),)  # a malformed manifest's message names the folder
+            raise
         manifest_json = (folder / MANIFEST).read_text(encoding="utf-8")
         digest = manifest_sha256(folder)
         with self._write(actor) as tx:

@@ -353,7 +353,7 @@ def check_spec_files(spec: Any) -> None:
     candidate = spec.path(value)
     if value.endswith((".yaml", ".yml")) or "/" in value or candidate.exists():
         if not candidate.exists():
-            raise ValidationError("catalogue", "no such catalogue file", str(candidate))
+            raise ValidationError("catalogue", "no such catalogue file", value)
         catalogue = load_catalogue(candidate)
     else:
         try:
@@ -361,7 +361,7 @@ def check_spec_files(spec: Any) -> None:
         except NotFoundError as exc:
             raise ValidationError("catalogue", f"is neither a catalogue file nor a built-in catalogue ({exc})", value) from None
     if not spec.data_path.is_dir():
-        raise ValidationError("data_dir", "is not a folder", str(spec.data_path))
+        raise ValidationError("data_dir", "is not a folder", spec.data_dir)
     names = set(catalogue.names)
     for i, name in enumerate(spec.tasks or []):
         if name not in names:

@@ -363,13 +363,15 @@ class JobManager:
         self, spec_yaml: str, *, base_dir: str = "", promote: bool = False, register: bool = False, registry_address: str = "",
         resume: bool = False, restart: bool = False,
     ) -> JobInfo:
+        from mtserve.paths import caller_path, confined_path
         from trainer.job import confine, parse_job
 
         if resume and restart:
             raise ValidationError("restart", "give resume or restart, not both", True)
         base = base_dir or self.default_base_dir
-        if not os.path.isabs(base):
-            raise ValidationError("base_dir", "must be an absolute folder", base)
+        caller_path(base, "base_dir")
+        if self.root is not None:  # confined before anything is read there: no existence oracle outside the root
+            confined_path(base, "base_dir", [self.root.expanduser().resolve()], "the trainer root (setting trainer.root)")
         if not os.path.isdir(base):
             raise ValidationError("base_dir", "is not a folder the trainer service can see", base)
         if not spec_yaml.strip():

@@ -58,3 +58,32 @@ def test_checkpoints_register_only_from_inside_the_checkpoint_roots(registry, tm
     finally:
         link.unlink()
     assert client.register_checkpoint(str(tiny_llama_dir))[0].id == "tiny-llama"
+
+
+def test_path_errors_quote_the_callers_string_and_no_server_path(registry, tmp_path, tiny_llama_dir):
+    """Every bad path is INVALID_ARGUMENT quoting what the caller sent: no
+    expansion of ~ on the server, no working folder, no root, and the same
+    answer outside the roots whether a folder exists there or not."""
+    _, client, _ = registry
+    root = Path(tiny_llama_dir).parent
+    inside_roots = "must be inside a checkpoint root of the registry (settings checkpoints_dir and registry.checkpoint_roots)"
+    cases = {
+        "~": "must be an absolute path (~ is not expanded on the server)",
+        "~nosuchuser-xyz/ckpt": "must be an absolute path (~ is not expanded on the server)",
+        "relative/ckpt": "must be an absolute path (a relative one would be read from the server's working folder)",
+        "/a\x00b": "must not contain a NUL character",
+        "/" + "n" * 300: "must not have a name over 255 bytes",
+        "/x" * 2100: "must be at most 4096 bytes",
+        "/etc": inside_roots,  # exists
+        "/no/such/folder": inside_roots,  # does not: the same answer
+        str(root / "no-such-checkpoint"): "is not a folder the registry can read",  # inside the root
+        str(root): "has no manifest.json: not an mtserve checkpoint (run `mtserve models import` on a plain model folder)",
+    }
+    for value, rule in cases.items():
+        with pytest.raises(ValidationError) as refused:
+            client.register_checkpoint(value)
+        details = refused.value.details  # type: ignore[attr-defined]
+        assert refused.value.code.name == "INVALID_ARGUMENT", (value, details)  # type: ignore[attr-defined]
+        assert details.startswith(f"path: {rule} (got "), (value, details)
+        for server_path in (str(Path.home()), str(Path.cwd())):
+            assert server_path not in details.replace(value[:100], ""), (value, details)

@@ -90,7 +90,7 @@ def test_unknown_names_and_routes_to_unknown_checkpoints(registry):
     err = rpc_error(stub.GetCheckpoint, rpb.GetCheckpointRequest(id="ghost"))
     assert err.code() is grpc.StatusCode.NOT_FOUND
     err = rpc_error(stub.RegisterCheckpoint, rpb.RegisterCheckpointRequest(path=""))
-    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "path: must name a checkpoint folder (got '')")
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "path: must name a folder (got '')")
 
 
 def test_a_tampered_checkpoint_is_a_failed_precondition(registry, tiny_llama_dir, tmp_path):

@@ -143,7 +143,7 @@ def test_checkpoints_are_verified_and_immutable(store, tiny_llama_dir, tmp_path)
     (copy / "config.json").write_text("{}")
     with pytest.raises(IntegrityError, match=r"config.json has sha256"):
         store.register_checkpoint(copy)
-    with pytest.raises(NotFoundError, match=r"does not exist"):
+    with pytest.raises(ValidationError, match=r"path: is not a folder the registry can read"):  # INVALID_ARGUMENT, like every path error
         store.register_checkpoint(tmp_path / "missing")
     with pytest.raises(NotFoundError, match=r"id: checkpoint 'other' is not registered"):
         store.get_checkpoint("other")

@@ -300,15 +300,29 @@ def test_errors_have_their_status_codes_and_name_the_field(trainer, tmp_path, ti
     assert refused({**good, "data_dir": "missing"}).startswith("data_dir: is not a folder")
     assert refused("name: [unclosed").startswith("spec_yaml: is not valid YAML")
     assert refused("  ").startswith("spec_yaml: is empty")
-    assert refused(good, base_dir="relative/dir").startswith("base_dir: must be an absolute folder")
+    assert refused(good, base_dir="relative/dir").startswith("base_dir: must be an absolute path")
     # confinement: the job's folder and outputs inside the trainer root, the base model by id or in the checkpoint root
     outside = write_job(tmp_path.parent / f"outside-{tmp_path.name}", tiny_llama_dir)
-    inside_root = f"must be inside the trainer root {tmp_path.resolve()} (setting trainer.root)"
+    # Every refusal quotes the caller's own string and names no server path (not the root).
+    inside_root = "must be inside the trainer root (setting trainer.root)"
     assert refused(yaml.safe_load(outside.read_text()), base_dir=str(outside.parent)) == f"base_dir: {inside_root} (got '{outside.parent}')"
     for runs_dir in ("/tmp/elsewhere-runs", "../../escape"):  # the job is in <root>/bad: ../.. leaves the root
-        assert refused({**good, "output": {"runs_dir": runs_dir}}).startswith(f"output.runs_dir: {inside_root}")
-    assert refused({**good, "output": {"runs_dir": "runs", "checkpoints_dir": "/var/tmp/ckpts"}}).startswith(f"output.checkpoints_dir: {inside_root}")
-    assert refused({**good, "base_model": str(outside.parent)}).startswith("base_model: must be a checkpoint id or a folder inside the checkpoint root")
+        assert refused({**good, "output": {"runs_dir": runs_dir}}) == f"output.runs_dir: {inside_root} (got '{runs_dir}')"
+    assert refused({**good, "output": {"runs_dir": "runs", "checkpoints_dir": "/var/tmp/ckpts"}}) == (
+        f"output.checkpoints_dir: {inside_root} (got '/var/tmp/ckpts')"
+    )
+    assert refused({**good, "data_dir": "/etc"}) == f"data_dir: {inside_root} (got '/etc')"  # nothing is read outside the root
+    assert refused({**good, "catalogue": "/etc/passwd.yaml"}) == f"catalogue: {inside_root} (got '/etc/passwd.yaml')"
+    assert refused({**good, "output": {"runs_dir": "~/runs"}}) == (
+        "output.runs_dir: must be an absolute path (~ is not expanded on the server) (got '~/runs')"
+    )
+    assert refused({**good, "base_model": str(outside.parent)}) == (
+        f"base_model: must be inside the checkpoint root (setting checkpoints_dir), or be a checkpoint id (got '{outside.parent}')"
+    )
+    # Outside the root, a folder that exists and one that does not get the same answer.
+    assert refused(good, base_dir="/no/such/folder") == f"base_dir: {inside_root} (got '/no/such/folder')"
+    assert refused(good, base_dir="/") == f"base_dir: {inside_root} (got '/')"
+    assert refused(good, base_dir="/a\x00b").startswith("base_dir: must not contain a NUL character")
 
     for call in (client.get_job, client.cancel_job, client.resume_job, lambda j: list(client.watch_job(j))):
         with pytest.raises(NotFoundError) as info:
