@@ -17,8 +17,14 @@ tokens or after a newline, where the pre-tokenizer always splits, so the
 concatenated ids equal the ids of the joined text (tests check this on both
 tokenizers), and a text-only backend sees the very tokens the trainer saw.
 
-Customer text is tokenized with special tokens disabled: `<|im_end|>` typed by
-a customer is plain text and can neither end the prompt nor fake a turn.
+Customer text, task instructions and verbalizers are tokenized with special
+tokens disabled: `<|im_end|>` typed by a customer or written into an
+instruction is plain text and can neither end the prompt nor fake a turn.
+Only the chat template's own text yields special tokens. In the prompt as
+text (`Segments.text`, for text-only backends that tokenize with special
+tokens enabled) every special-token string of those untrusted parts is broken
+with a word joiner (U+2060) after its first character, so it cannot turn back
+into a control token there either.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ CHANNEL_HEADERS = {
     Channel.REVIEW: "Guest review:",
 }
 
+# Inserted after the first character of a special-token string in untrusted
+# text that leaves the process: invisible, and no token string contains it.
+WORD_JOINER = "\u2060"
+
 _S_SYSTEM, _S_INPUT, _S_QUESTION, _S_ANSWER = "\x00SYS\x00", "\x00INPUT\x00", "\x00QUESTION\x00", "\x00ANSWER\x00"
 
 
@@ -63,8 +73,9 @@ class Segments:
     suffix: tuple[int, ...]
     answer: tuple[int, ...] = ()
     # The same prompt as text, for backends that only take text; tokenizing it
-    # (special tokens enabled) gives prefix + suffix when the customer text
-    # holds no special-token strings.
+    # (special tokens enabled) gives prefix + suffix when the untrusted text
+    # holds no special-token strings, and never more special tokens than the
+    # template's when it does (they are defused with WORD_JOINER).
     text: str = ""
     truncated: bool = False
 
@@ -106,6 +117,10 @@ class PromptRenderer:
         # lru_cache on the method would keep every renderer (and its
         # tokenizer) alive for the life of the process.
         self.suffix_ids = functools.lru_cache(maxsize=4096)(self._suffix_ids)
+        # Longest first, so that a special token containing another is defused whole.
+        self._specials = sorted(
+            {*tokenizer.all_special_tokens, *(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)}, key=len, reverse=True
+        )
         self._parse_template()
 
     # -- tokenization -------------------------------------------------------------
@@ -121,12 +136,19 @@ class PromptRenderer:
         with self._tokenizer_lock:
             return self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"]
 
+    def defuse(self, text: str) -> str:
+        """Untrusted text for the prompt as text: no special-token string survives."""
+        for special in self._specials:
+            if special in text:
+                text = text.replace(special, special[0] + WORD_JOINER + special[1:])
+        return text
+
     def _encode(self, pieces: Sequence[_Piece]) -> tuple[tuple[int, ...], str]:
         ids: list[int] = []
         for piece in pieces:
             if piece.text:
                 ids += self.encode_template(piece.text) if piece.trusted else self.encode_text(piece.text)
-        return tuple(ids), "".join(p.text for p in pieces)
+        return tuple(ids), "".join(p.text if p.trusted else self.defuse(p.text) for p in pieces)
 
     # -- the chat template, parsed once ------------------------------------------
     def _parse_template(self) -> None:
@@ -260,7 +282,8 @@ class PromptRenderer:
 
     def _suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
         """The task segment: cached per task definition (Task is frozen and hashable)."""
-        pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), True), _Piece(self._cue, True)]
+        # The instruction (with its verbalizers) is the registrant's text, not the template's: untrusted.
+        pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), False), _Piece(self._cue, True)]
         return self._encode(pieces)
 
     def answer_ids(self, answer: str) -> tuple[int, ...]:
@@ -292,7 +315,7 @@ class PromptRenderer:
                 show_value=False,
             )
         answer_ids = self.answer_ids(answer) if answer is not None else ()
-        text = rin.text + suffix_text + (answer + self._answer_tail if answer is not None else "")
+        text = rin.text + suffix_text + (self.defuse(answer) + self._answer_tail if answer is not None else "")
         return Segments(prefix=rin.ids, suffix=suffix, answer=answer_ids, text=text, truncated=rin.truncated)
 
     def render_training(self, task: Task, inp: Input, gold: str | Sequence[str]) -> list[Segments]:
