@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery, chord
 
@@ -26,10 +27,24 @@ class CeleryEnqueuer:
         # If a chunk task fails outright (a hard time limit), the chord never
         # calls its callback; the errback runs the same completeness check.
         callback.link_error(self.app.signature(CHORD_FAILED, kwargs={"job_id": job_id}, queue=self.queue))
-        chord(header, app=self.app)(callback)
+        self._stop_listening(chord(header, app=self.app)(callback))
 
     def finalize(self, job_id: str) -> None:
-        self.app.send_task(FINISH_JOB, args=([],), kwargs={"job_id": job_id}, queue=self.queue)
+        self._stop_listening(self.app.send_task(FINISH_JOB, args=([],), kwargs={"job_id": job_id}, queue=self.queue))
+
+    def _stop_listening(self, result: Any) -> None:
+        """The sender never waits for these results (the job's state is in the
+        results database). Sending subscribed to them on a Redis result
+        backend; unsubscribe now, while the process can still talk to Redis:
+        otherwise AsyncResult.__del__ does it at interpreter exit and prints a
+        19-line "Exception ignored" traceback under `mtserve batch submit`."""
+        consumer = getattr(self.app.backend, "result_consumer", None)  # async backends (Redis) only
+        if consumer is None:
+            return
+        parent = getattr(result, "parent", None)
+        for r in [result, parent, *(getattr(parent, "results", None) or [])]:
+            if r is not None:
+                consumer.cancel_for(r.id)
 
     def queue_depth(self) -> int | None:
         try:

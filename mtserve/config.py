@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import ValidationError
+from mtserve.files import load_yaml
 
 if TYPE_CHECKING:
     from mtserve.tls import ClientPems, ServerPems
@@ -415,12 +415,7 @@ def load_settings(
         file = env["MTSERVE_CONFIG"]
     if file is not None:
         source = str(file)
-        try:
-            loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ValidationError("config", f"cannot read file ({exc.strerror})", str(file)) from None
-        except yaml.YAMLError as exc:
-            raise ValidationError(str(file), f"is not valid YAML: {exc}", None, show_value=False) from None
+        loaded = load_yaml(file, "config") or {}
         if not isinstance(loaded, Mapping):
             raise ValidationError(str(file), "must be a mapping of settings", type(loaded).__name__)
         data = _merge(data, loaded)

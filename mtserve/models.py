@@ -12,6 +12,7 @@ the original fp16 model.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import shutil
@@ -233,10 +234,11 @@ def prepare_default(checkpoints_root: str | Path) -> Path:
 
 
 def import_model_folder(source: str | Path, checkpoints_root: str | Path, checkpoint_id: str) -> Path:
-    """Copy a plain Hugging Face model folder into the checkpoint format."""
+    """Copy a plain Hugging Face model folder into the checkpoint format,
+    after checking that it is one: a config transformers can read and
+    safetensors weights (pickled weights can run code and are refused)."""
+    check_model_folder(Path(source))
     source = Path(source)
-    if not (source / "config.json").exists():
-        raise ValidationError("model", "is not a Hugging Face model folder (no config.json)", str(source))
     final = checkpoint_dir(checkpoints_root, checkpoint_id)
     with staging_dir(final) as tmp:
         for item in source.iterdir():
@@ -244,6 +246,34 @@ def import_model_folder(source: str | Path, checkpoints_root: str | Path, checkp
                 shutil.copy2(item, tmp / item.name)
         write_manifest(tmp, id=checkpoint_id, base={"origin": str(source)})
     return final
+
+
+def check_model_folder(source: Path) -> None:
+    """What `import_model_folder` needs of a folder, each rule one
+    ValidationError naming the folder."""
+    from transformers import AutoConfig
+
+    if not source.is_dir():
+        raise ValidationError("model", "is not a folder", str(source))
+    config = source / "config.json"
+    if not config.is_file():
+        raise ValidationError("model", "is not a Hugging Face model folder (no config.json)", str(source))
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError("model", f"has a config.json that is not valid JSON ({exc})", str(source)) from None
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ValidationError("model", "has a config.json without a model_type", str(source))
+    try:
+        AutoConfig.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValidationError("model", f"has a config.json transformers cannot read ({first_line})", str(source)) from None
+    names = [p.name for p in source.iterdir() if p.is_file()]
+    pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    if not any(n.endswith(".safetensors") for n in names):
+        rule = f"has pickled weights only ({pickled[0]}): they can run code; save them as safetensors" if pickled else "has no weights (no *.safetensors file)"
+        raise ValidationError("model", rule, str(source))
 
 
 # -- tiny random models for tests ---------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from mtserve.errors import NotFoundError, ValidationError
+from mtserve.files import load_yaml
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{1,63}$")
 # Placeholders an instruction may use; `{labels}` lists the label verbalizers.
@@ -508,15 +509,7 @@ def parse_catalogue(data: Any, source: str = "catalogue") -> Catalogue:
 
 def load_catalogue(path: str | Path) -> Catalogue:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValidationError("catalogue", f"cannot read file ({exc.strerror})", str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValidationError(str(path), f"is not valid YAML: {exc}", None, show_value=False) from None
-    return parse_catalogue(data, source=path.name)
+    return parse_catalogue(load_yaml(path, "catalogue"), source=path.name)
 
 
 def dump_catalogue(catalogue: Catalogue, path: str | Path | None = None) -> str:

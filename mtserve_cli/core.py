@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from mtserve.errors import MtserveError, NotFoundError, ValidationError
+from mtserve.files import read_text
 from mtserve.inputs import Input, check_task_accepts, input_from_dict
 from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
 from mtserve_cli.root import app, fail, settings
@@ -66,9 +67,9 @@ def read_input(
         raise ValidationError("--input", "give either --text or --input, not both", str(input_file))
     if input_file is not None:
         try:
-            raw = sys.stdin.read() if str(input_file) == "-" else input_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ValidationError("--input", f"cannot read file ({exc.strerror})", str(input_file)) from None
+            raw = sys.stdin.read() if str(input_file) == "-" else read_text(input_file, "--input")
+        except (OSError, UnicodeDecodeError) as exc:  # stdin
+            raise ValidationError("--input", f"cannot read standard input ({exc})", "-") from None
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:

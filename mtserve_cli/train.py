@@ -20,6 +20,7 @@ from typing import Any
 import typer
 
 from mtserve.errors import MtserveError, ValidationError
+from mtserve.files import read_text
 from mtserve_cli.root import app, settings
 
 train_app = typer.Typer(help="Train multi-task models with the paper's pipeline (locally, or on the trainer service).", no_args_is_help=True)
@@ -390,10 +391,7 @@ def submit_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Queue a job on the trainer service; prints its id (the spec is checked first: errors name the field)."""
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValidationError("job", f"cannot read file ({exc.strerror})", str(file)) from None
+    text = read_text(file, "job")
     with _trainer(server) as client:
         job = client.start_job(text, base_dir=str(file.resolve().parent), promote=promote, register=register,
                                registry_address=registry or "", resume=resume, restart=restart)

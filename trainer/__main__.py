@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
             raise MtserveError("give --resume or --restart, not both")
         from pathlib import Path
 
+        from mtserve.files import load_yaml
         from trainer.job import confine, load_job, parse_job
         from trainer.pipeline import run_job
 
         if args.base_dir:
-            spec = parse_job(_read_yaml(args.file), base_dir=args.base_dir, source=os.path.basename(args.file))
+            spec = parse_job(load_yaml(args.file, "job"), base_dir=args.base_dir, source=os.path.basename(args.file))
         else:
             spec = load_job(args.file)
         if args.root:
@@ -99,20 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         _shutdown()
-
-
-def _read_yaml(path: str) -> object:
-    import yaml
-
-    from mtserve.errors import ValidationError
-
-    try:
-        with open(path, encoding="utf-8") as fp:
-            return yaml.safe_load(fp)
-    except OSError as exc:
-        raise ValidationError("job", f"cannot read file ({exc.strerror})", path) from None
-    except yaml.YAMLError as exc:
-        raise ValidationError(path, f"is not valid YAML: {exc}", None, show_value=False) from None
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -51,6 +51,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import ValidationError
+from mtserve.files import load_yaml
 from mtserve.paths import confined_path
 from mtserve.tasks import NAME_RE
 
@@ -410,15 +411,7 @@ def parse_job(data: Any, base_dir: str | Path = ".", source: str = "job") -> Job
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job YAML file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValidationError("job", f"cannot read file ({exc.strerror})", str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValidationError(str(path), f"is not valid YAML: {exc}", None, show_value=False) from None
-    return parse_job(data, base_dir=path.parent, source=path.name)
+    return parse_job(load_yaml(path, "job"), base_dir=path.parent, source=path.name)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -259,6 +260,26 @@ def token_store(settings: Settings, service: str, address: str) -> TokenStore | 
     return TokenStore(settings.home)
 
 
+def _refuse_if_in_use(address: str) -> None:
+    """UnavailableError when something already listens on a numeric
+    HOST:PORT. gRPC would find out too, but only after printing its C-core
+    log line to stderr; SO_REUSEADDR lets a port in TIME_WAIT pass, as gRPC does."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return  # a name: gRPC resolves it
+    if not port.isdigit() or int(port) == 0:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            raise UnavailableError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -322,6 +343,7 @@ class Service:
         self._stopped = threading.Event()
 
     def bind(self, address: str) -> int:
+        _refuse_if_in_use(address)
         try:
             if self.tls is None:
                 port = self.server.add_insecure_port(address)

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtserve.errors import NotFoundError, PreconditionError, ValidationError
+from mtserve.files import parse_yaml
 from services.trainer.jobs import (
     RESUMABLE,
     STDERR_FILE,
@@ -376,10 +375,7 @@ class JobManager:
             raise ValidationError("base_dir", "is not a folder the trainer service can see", base)
         if not spec_yaml.strip():
             raise ValidationError("spec_yaml", "is empty: give the job spec's YAML text", "", show_value=False)
-        try:
-            data = yaml.safe_load(spec_yaml)
-        except yaml.YAMLError as exc:
-            raise ValidationError("spec_yaml", f"is not valid YAML: {exc}", None, show_value=False) from None
+        data = parse_yaml(spec_yaml, "spec_yaml")
         spec = parse_job(data, base_dir=base, source="spec_yaml")  # ValidationError names the field
         if self.root is not None:
             confine(spec, self.root, self.checkpoints_root or self.root)

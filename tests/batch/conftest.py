@@ -153,6 +153,10 @@ class BatchEnv:
             timeout=timeout, check=False)
         if check and out.returncode != 0:
             raise AssertionError(f"mtserve {' '.join(args)} exited {out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}")
+        # Every command run here: no traceback on stderr, not even one Python
+        # prints while it shuts down ("Exception ignored in AsyncResult.__del__"
+        # ended every `batch submit` once).
+        assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
         return out
 
     def start_worker(self, name: str, *, env: dict[str, str] | None = None, ready: bool = True) -> WorkerProc:

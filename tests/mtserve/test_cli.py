@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,50 @@ def test_the_demo_adapter_job_is_a_valid_job():
 
     spec = parse_job(yaml.safe_load(ADAPTER_JOB.read_text(encoding="utf-8")))
     assert spec.finetune == "lora" and spec.training.lr == 1e-3 and spec.training.precision == "auto"
+
+
+def one_line_error(code, err) -> str:
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err.strip()
+
+
+def test_binary_files_and_malformed_yaml_are_one_line_each(capsys, tmp_path, tiny_llama_dir):
+    binary = tmp_path / "blob.dat"
+    binary.write_bytes(bytes(range(256)) * 8)
+    err = one_line_error(*run(capsys, "classify", "--model", str(tiny_llama_dir), "--input", str(binary))[::2])
+    assert err == f"error: --input: is not UTF-8 text (byte 0x80 at offset 128) (got '{binary}')"
+    err = one_line_error(*run(capsys, "classify", "--model", str(tiny_llama_dir), "--catalogue", str(binary), "--text", "hi",
+                              "--channel", "email")[::2])
+    assert err == f"error: catalogue: is not UTF-8 text (byte 0x80 at offset 128) (got '{binary}')"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tasks: [a\nname: x\n")
+    err = one_line_error(*run(capsys, "classify", "--model", str(tiny_llama_dir), "--catalogue", str(broken), "--text", "hi")[::2])
+    assert err == f"error: {broken}: is not valid YAML: expected ',' or ']', but got ':' at line 2, column 5"
+
+
+def test_usage_errors_are_click_messages_without_a_traceback(capsys):
+    code, _, err = run(capsys, "tasks", "apply")
+    assert code == 2 and "Traceback" not in err and "Missing option '--file'" in err
+
+
+def test_models_import_refuses_what_is_not_a_model_folder(capsys, tmp_path, tiny_llama_dir):
+    def refused(folder) -> str:
+        return one_line_error(*run(capsys, "models", "import", str(folder), "--id", "imported")[::2])
+
+    bad_json = tmp_path / "bad-json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text("{not json")
+    assert refused(bad_json).startswith("error: model: has a config.json that is not valid JSON (")
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_llama_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    assert refused(no_weights) == f"error: model: has no weights (no *.safetensors file) (got '{no_weights}')"
+    (no_weights / "pytorch_model.bin").write_bytes(b"\x80\x02pickle")
+    assert refused(no_weights) == (
+        f"error: model: has pickled weights only (pytorch_model.bin): they can run code; save them as safetensors (got '{no_weights}')"
+    )
+    unknown = tmp_path / "unknown-arch"
+    shutil.copytree(tiny_llama_dir, unknown)
+    (unknown / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    assert refused(unknown).startswith("error: model: has a config.json transformers cannot read (")

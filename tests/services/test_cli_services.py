@@ -188,3 +188,18 @@ def test_everything_as_real_processes(tmp_path, tiny_llama_dir):
         codes.append(registry.terminate())
     for code, err in codes:
         assert code == 0 and "stopped" in err, err
+
+
+def test_serve_on_a_busy_port_is_one_line_before_any_grpc_log(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        env = {**os.environ, "MTSERVE_HOME": str(tmp_path), "MTSERVE_REGISTRY__DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}"}
+        out = subprocess.run([sys.executable, "-m", "mtserve_cli", "serve", "registry", "--address", address],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1] == f"error: cannot listen on {address}: Address already in use"
+    assert "add_port" not in out.stderr and "Traceback" not in out.stderr, out.stderr  # no gRPC C-core line
