@@ -251,6 +251,10 @@ class TlsSettings(_Section):
     ca_file: str | None = None
     client_cert_file: str | None = None
     client_key_file: str | None = None
+    # Clients: the name to verify in the server's certificate when the target
+    # names addresses, not a host (several replicas as ipv4:HOST:P1,HOST:P2);
+    # default: the target's host.
+    server_name: str | None = None
 
 
 class Settings(_Section):
@@ -313,7 +317,7 @@ class Settings(_Section):
             )
         cert = read_pem(Path(t.client_cert_file), "client certificate") if t.client_cert_file else None
         key = read_pem(Path(t.client_key_file), "client key") if t.client_key_file else None
-        return ClientPems(read_pem(ca, "CA certificate"), cert, key)
+        return ClientPems(read_pem(ca, "CA certificate"), cert, key, t.server_name)
 
     @property
     def checkpoints_root(self) -> Path:

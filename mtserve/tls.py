@@ -48,6 +48,7 @@ class ClientPems:
     root_ca: bytes
     cert_chain: bytes | None = None  # mutual TLS
     private_key: bytes | None = None
+    server_name: str | None = None  # verified instead of the target's host (tls.server_name)
 
 
 def read_pem(path: Path, what: str) -> bytes:

@@ -102,7 +102,10 @@ def raise_remote(exc: grpc.RpcError, server: str, address: str) -> NoReturn:
 def service_config(service: str, *, no_retry: Sequence[str] = ()) -> dict[str, Any]:
     """Retry UNAVAILABLE only (the server never started the call, or is
     draining), with exponential backoff. Methods in `no_retry` are not
-    idempotent and are never retried."""
+    idempotent and are never retried. Round robin over every address the
+    target resolves to (a DNS name of several replicas, or
+    `ipv4:HOST:P1,HOST:P2`): a retry then goes to the next replica, so a
+    draining one costs a rolling restart no call."""
     retry = {
         "maxAttempts": 4,
         "initialBackoff": "0.2s",
@@ -113,7 +116,7 @@ def service_config(service: str, *, no_retry: Sequence[str] = ()) -> dict[str, A
     configs: list[dict[str, Any]] = [{"name": [{"service": service}], "retryPolicy": retry}]
     if no_retry:
         configs.append({"name": [{"service": service, "method": m} for m in no_retry]})
-    return {"methodConfig": configs}
+    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": configs}
 
 
 class _CallDetails(
@@ -176,6 +179,8 @@ def open_channel(address: str, options: Sequence[tuple[str, Any]], credentials: 
         channel = grpc.insecure_channel(address, options=options)
     else:
         t = credentials.tls
+        if t.server_name:
+            options = [*options, ("grpc.ssl_target_name_override", t.server_name)]
         channel = grpc.secure_channel(
             address, grpc.ssl_channel_credentials(root_certificates=t.root_ca, private_key=t.private_key, certificate_chain=t.cert_chain),
             options=options,

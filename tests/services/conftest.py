@@ -50,6 +50,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "inference.shutdown_grace_seconds": 10,
         "inference.max_wait_ms": 5,
         "inference.max_workers": 64,
+        # Above the 50 concurrent clients of test_concurrency (the default, 48,
+        # would refuse two of them: admission is tested on its own).
+        "inference.max_inflight_calls": 56,
         # Test checkpoints live in the run's temporary folders (tampered copies,
         # job outputs): all of them are a checkpoint root here.
         "registry.checkpoint_roots": [str(tmp_path.parent)],

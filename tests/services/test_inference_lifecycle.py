@@ -224,3 +224,59 @@ def test_a_flood_beyond_admission_is_refused_before_any_admitted_call_completes(
         "the inference service has 3 calls waiting for the model, its limit (inference.max_inflight_calls); retry with backoff",
         "Concurrent RPC limit exceeded!",
     }, details
+
+
+def test_a_rolling_restart_under_load_drops_no_call(tmp_path, hotel, tiny_llama_dir):
+    """Two replicas behind one client target; replica A gets SIGTERM's
+    shutdown (drain: NOT_SERVING, in-flight calls finish, new calls
+    UNAVAILABLE) while four clients call steadily. The client's documented
+    retry policy (UNAVAILABLE, round robin) sends A's refusals to B: every
+    call succeeds, and both replicas answered some."""
+    from mtserve_api.inference import InferenceClient
+    from services.inference.server import create_server
+
+    stack = start_stack(make_settings(tmp_path), hotel, [tiny_llama_dir])
+    # A target of two addresses carries no host name to verify: the client names the certificate's.
+    client_settings = make_settings(tmp_path, **{"tls.server_name": "localhost"})
+    b, b_port = create_server("127.0.0.1:0", stack.settings, registry_address=stack.registry_address)
+    b.start()
+    a = stack.inference
+    a_port = stack.inference_address.rsplit(":", 1)[1]
+    try:
+        wait_for(lambda: health(f"127.0.0.1:{b_port}") == SERVING, "replica B to serve")
+        target = f"ipv4:127.0.0.1:{a_port},127.0.0.1:{b_port}"
+        served = {"a": 0, "b": 0}
+        errors: list[BaseException] = []
+        stop = threading.Event()
+        done = [0]
+        lock = threading.Lock()
+
+        def steady() -> None:
+            with InferenceClient(target, timeout=30, settings=client_settings) as client:
+                while not stop.is_set():
+                    try:
+                        client.classify("ec", sample("email"))
+                    except Exception as exc:  # noqa: BLE001 - every failure is the test's finding
+                        errors.append(exc)
+                    with lock:
+                        done[0] += 1
+
+        callers = [threading.Thread(target=steady) for _ in range(4)]
+        for t in callers:
+            t.start()
+        wait_for(lambda: done[0] >= 40, "calls before the restart")
+        served["a"] = a.core.serving.models["tiny-llama"].batcher.batches
+        a.stop(grace=10)  # what `mtserve serve` does on SIGTERM
+        before = done[0]
+        wait_for(lambda: done[0] >= before + 40, "calls after replica A stopped")
+        stop.set()
+        for t in callers:
+            t.join()
+        served["b"] = b.core.serving.models["tiny-llama"].batcher.batches
+        assert errors == []
+        assert served["a"] > 0 and served["b"] > 0, served
+    finally:
+        stop.set()
+        b.stop(grace=2)
+        stack.inference = None
+        stack.stop()
