@@ -60,6 +60,8 @@ class RegistrySettings(_Section):
     # keep max_workers - max_streams threads whatever the streams do.
     max_workers: int = Field(default=32, ge=2)
     max_streams: int = Field(default=24, ge=1)
+    # Prometheus /metrics (services/common/metrics.py); "" turns it off.
+    metrics_address: str = "127.0.0.1:9461"
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # How often a Watch stream re-reads the revision, to see writes made by
@@ -92,6 +94,7 @@ class InferenceSettings(_Section):
     # bound keep health checks and ModelInfo answering under a flood.
     max_workers: int = Field(default=64, ge=2)
     max_inflight_calls: int = Field(default=48, ge=1)
+    metrics_address: str = "127.0.0.1:9462"  # Prometheus /metrics; "" turns it off
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Reconnecting to the registry's Watch: exponential backoff with jitter.
@@ -210,6 +213,7 @@ class TrainerSettings(_Section):
     # max_streams are refused, as the registry's are.
     max_workers: int = Field(default=16, ge=2)
     max_streams: int = Field(default=12, ge=1)
+    metrics_address: str = "127.0.0.1:9463"  # Prometheus /metrics; "" turns it off
     max_message_bytes: int = Field(default=16 * MIB, ge=64 * 1024)
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # Deadline of each call the CLI makes to the service (CancelJob waits for
@@ -285,7 +289,20 @@ class Settings(_Section):
     def server_tls(self) -> ServerPems | None:
         """What a server presents (None: TLS off): the configured files, else
         the local CA's server certificate, made on first use."""
-        from mtserve.tls import ServerPems, ensure_local_ca, read_pem
+        from mtserve.tls import ServerPems, read_pem
+
+        files = self.server_tls_files()
+        if files is None:
+            return None
+        t = self.tls
+        chain, key = read_pem(files[0], "TLS certificate"), read_pem(files[1], "TLS key")
+        client_ca = read_pem(Path(t.client_ca_file), "client CA") if t.client_ca_file else None
+        return ServerPems(chain, key, client_ca)
+
+    def server_tls_files(self) -> tuple[Path, Path] | None:
+        """The server certificate and key files (None: TLS off): the
+        configured ones, else the local CA's, made on first use."""
+        from mtserve.tls import ensure_local_ca
 
         t = self.tls
         if not t.enabled:
@@ -293,12 +310,9 @@ class Settings(_Section):
         if t.cert_file or t.key_file:
             if not (t.cert_file and t.key_file):
                 raise ValidationError("tls.cert_file", "give tls.cert_file and tls.key_file together", t.cert_file or t.key_file)
-            chain, key = read_pem(Path(t.cert_file), "TLS certificate"), read_pem(Path(t.key_file), "TLS key")
-        else:
-            folder = ensure_local_ca(self.home, tuple(t.server_names))
-            chain, key = read_pem(folder / "server.pem", "TLS certificate"), read_pem(folder / "server.key", "TLS key")
-        client_ca = read_pem(Path(t.client_ca_file), "client CA") if t.client_ca_file else None
-        return ServerPems(chain, key, client_ca)
+            return Path(t.cert_file).expanduser(), Path(t.key_file).expanduser()
+        folder = ensure_local_ca(self.home, tuple(t.server_names))
+        return folder / "server.pem", folder / "server.key"
 
     def client_tls(self) -> ClientPems | None:
         """What a client trusts and presents (None: TLS off)."""

@@ -41,6 +41,7 @@ from mtserve.errors import (
 )
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
+from services.common.metrics import REFUSED, MetricsEndpoint, MetricsInterceptor, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):
+            REFUSED.labels(self.service, "draining").inc()
             context.abort(grpc.StatusCode.UNAVAILABLE, f"the {self.service} service is shutting down; retry on another replica")
 
     def _identify(self, details: grpc.HandlerCallDetails) -> tuple[str, tuple[grpc.StatusCode, str] | None]:
@@ -188,6 +190,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 self._refuse_if_draining(context, method)
                 streams = self._streams
                 if streams is not None and not streams.acquire(blocking=False):
+                    REFUSED.labels(self.service, "streams").inc()
                     log.warning("%s: %s refused: %d streams open (the limit)", self.service, method, self.max_streams)
                     context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -280,6 +283,17 @@ def _refuse_if_in_use(address: str) -> None:
             raise UnavailableError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
+def metrics_endpoint(settings: Settings, service: str, address: str, tokens: TokenStore | None) -> MetricsEndpoint | None:
+    """Where a service serves Prometheus metrics ("" : nowhere), with the
+    gRPC port's protection: TLS when tls.enabled, an operator token when
+    auth is on. A non-loopback address needs both."""
+    if not address:
+        return None
+    if not is_loopback(address) and (tokens is None or not settings.tls.enabled):
+        raise PreconditionError(f"{service}.metrics_address {address} is not a loopback address: it needs tls.enabled and auth.enabled")
+    return MetricsEndpoint(address, tokens, settings.server_tls_files())
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -312,18 +326,21 @@ class Service:
         max_streams: int | None = None,
         tokens: TokenStore | None = None,
         tls: ServerPems | None = None,
+        metrics: MetricsEndpoint | None = None,
     ):
         """`tokens`: the token store calls are checked against (`token_store`);
         None serves without auth. `tls`: the certificate to present
         (`server_tls`); None serves plaintext. `max_streams`: server-streaming
-        calls open at once (None: unbounded, for servers without streams)."""
+        calls open at once (None: unbounded, for servers without streams).
+        `metrics`: where to serve Prometheus metrics (`metrics_endpoint`; None: not at all)."""
         self.names = list(service_names)
         self.tls = tls
         self.interceptor = ErrorInterceptor(service, tokens, max_streams)
         self.grace_seconds = grace_seconds
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"{service}-rpc"),
-            interceptors=[self.interceptor],
+            # Metrics outermost: they see the status the error interceptor set.
+            interceptors=[MetricsInterceptor(service), self.interceptor],
             options=server_options(max_message_bytes),
             # Beyond this gRPC itself answers RESOURCE_EXHAUSTED at once;
             # without it, calls waiting for a worker thread queue without bound.
@@ -341,6 +358,8 @@ class Service:
         self._on_drain: list[Callable[[], object]] = []
         self._on_stopped: list[Callable[[], object]] = []
         self._stopped = threading.Event()
+        self.metrics = metrics
+        self.metrics_server: MetricsServer | None = None
 
     def bind(self, address: str) -> int:
         _refuse_if_in_use(address)
@@ -378,6 +397,10 @@ class Service:
         self._on_stopped.append(callback)
 
     def start(self) -> Service:
+        if self.metrics is not None:
+            self.metrics_server = MetricsServer(self.metrics).start()
+            m = self.metrics_server
+            log.info("%s: metrics on %s://%s:%d/metrics", self.interceptor.service, m.scheme, self.metrics.address.rpartition(":")[0], m.port)
         self.server.start()
         for callback in self._on_start:
             callback()
@@ -396,6 +419,8 @@ class Service:
         if not self.interceptor.wait_idle(grace):
             log.warning("%d call(s) still running after the %.0fs grace period; cancelling them", self.interceptor.inflight, grace)
         self.server.stop(grace=0.5).wait()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         for callback in self._on_stopped:
             callback()
         self._stopped.set()

@@ -29,6 +29,7 @@ from mtserve.engine import Request
 from mtserve.errors import OverloadedError, UnavailableError
 from mtserve.inputs import Conversation, Input, TextPair
 from mtserve.tasks import Taxonomy
+from services.common.metrics import BATCH_REQUESTS, BATCH_SECONDS, QUEUE_DEPTH, REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class Batcher:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
+        self._queue_depth = QUEUE_DEPTH.labels(name)
         self.batches = 0  # counters, for ModelInfo and tests
         self.largest_batch = 0
 
@@ -120,12 +122,14 @@ class Batcher:
             # A job larger than the whole queue is still taken when the queue
             # is empty, or it could never run.
             if self._depth and self._depth + len(job.requests) > self.queue_size:
+                REFUSED.labels("inference", "queue_full").inc()
                 raise OverloadedError(
                     f"the batch queue of checkpoint {self.name!r} is full ({self._depth} requests waiting, "
                     f"inference.queue_size={self.queue_size}); retry with backoff"
                 )
             self._queue.append(job)
             self._depth += len(job.requests)
+            self._queue_depth.set(self._depth)
             self._cond.notify_all()
         return job.future
 
@@ -169,6 +173,7 @@ class Batcher:
                 requests += len(job.requests)
                 tokens += job.tokens
             self._depth -= sum(len(j.requests) for j in batch)
+            self._queue_depth.set(self._depth)
             return batch
 
     def _loop(self) -> None:
@@ -192,6 +197,8 @@ class Batcher:
                     job.future.set_exception(exc)
                 continue
             compute_ms = (time.monotonic() - started) * 1000.0
+            BATCH_REQUESTS.labels(self.name).observe(len(requests))
+            BATCH_SECONDS.labels(self.name).observe(compute_ms / 1000.0)
             self.batches += 1
             self.largest_batch = max(self.largest_batch, len(requests))
             k = 0

@@ -52,6 +52,7 @@ from mtserve.records import (
     TaskStatus,
 )
 from mtserve.tasks import Task, TruncationPolicy, check_name
+from services.common.metrics import LABELS_SERVED, MODEL_BYTES, MODEL_LOAD_SECONDS, REFUSED
 from services.inference.batcher import Batcher, BatchResult
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,17 @@ class Serving:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def count_served(answer: Answer) -> None:
+    """Labels served per task and checkpoint (a metric: drift between days)."""
+    p = answer.prediction
+    if p.text is not None:
+        return  # generation: free text is not a label
+    # Single-label answers carry (label,); a multi-label answer with no label
+    # over its threshold is counted as the empty set.
+    for label in p.labels or ("{}",):
+        LABELS_SERVED.labels(p.task, answer.checkpoint_id, label).inc()
 
 
 class InferenceCore:
@@ -233,7 +245,12 @@ class InferenceCore:
                 engine = self._engine(loaded, policy, cid)
                 batcher = Batcher(engine, name=cid, **self.batch_options)
                 models[cid] = Model(checkpoint, loaded, engine, batcher, _now())
-                log.info("loaded checkpoint %s in %.1fs", cid, time.monotonic() - started)
+                seconds = time.monotonic() - started
+                MODEL_LOAD_SECONDS.labels(cid).set(seconds)
+                model = getattr(loaded, "model", None)
+                if model is not None and hasattr(model, "parameters"):
+                    MODEL_BYTES.labels(cid).set(sum(p.numel() * p.element_size() for p in model.parameters()))
+                log.info("loaded checkpoint %s in %.1fs", cid, seconds)
             # Tokenizer-level checks (labels that tokenize alike) per routed task.
             versions = state.task_versions()
             task_errors: dict[str, str] = {}
@@ -303,6 +320,7 @@ class InferenceCore:
         model), all submitted before any is awaited; admitted first."""
         admission = self._admission
         if admission is not None and not admission.acquire(blocking=False):
+            REFUSED.labels("inference", "admission").inc()
             raise OverloadedError(
                 f"the inference service has {self.max_inflight_calls} calls waiting for the model, its limit "
                 "(inference.max_inflight_calls); retry with backoff"
@@ -350,6 +368,8 @@ class InferenceCore:
                     errors[i] = item
         if errors:
             raise errors[min(errors)]  # the first failing task, in request order
+        for answer in answers:
+            count_served(answer)  # type: ignore[arg-type]
         return answers  # type: ignore[return-value]
 
     def classify(

@@ -12,7 +12,7 @@ from mtserve.config import Settings, load_settings
 from mtserve_api import convert
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
-from services.common.server import Service, server_tls, token_store
+from services.common.server import Service, metrics_endpoint, server_tls, token_store
 from services.inference.core import InferenceCore, Loader
 from services.inference.watcher import RegistryWatcher
 
@@ -75,6 +75,7 @@ def create_server(
     and the bound port."""
     settings = settings or load_settings()
     core = InferenceCore.from_settings(settings, loader=loader)
+    tokens = token_store(settings, "inference", address)
     service = InferenceService(
         [SERVICE_NAME],
         service="inference",
@@ -86,7 +87,8 @@ def create_server(
         # (inference.max_inflight_calls, in the core), so threads stay free
         # for health checks and for refusing quickly.
         max_concurrent_rpcs=settings.inference.max_workers,
-        tokens=token_store(settings, "inference", address),
+        tokens=tokens,
+        metrics=metrics_endpoint(settings, "inference", settings.inference.metrics_address, tokens),
         tls=server_tls(settings, "inference", address),
     )
     ipb_grpc.add_InferenceServicer_to_server(InferenceServicer(core), service.server)

@@ -16,7 +16,7 @@ from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
 from mtserve_api import convert
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
-from services.common.server import Service, current_caller, server_tls, token_store
+from services.common.server import Service, current_caller, metrics_endpoint, server_tls, token_store
 from services.registry.store import RegistryStore
 from services.registry.watch import watch_states
 
@@ -125,6 +125,7 @@ def create_server(
     settings = settings or load_settings()
     own_store = store is None
     store = store or RegistryStore(settings.registry_database_url, checkpoint_roots=settings.registry_checkpoint_roots)
+    tokens = token_store(settings, "registry", address)
     service = RegistryService(
         [SERVICE_NAME],
         service="registry",
@@ -132,7 +133,8 @@ def create_server(
         max_streams=settings.registry.max_streams,
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
-        tokens=token_store(settings, "registry", address),
+        tokens=tokens,
+        metrics=metrics_endpoint(settings, "registry", settings.registry.metrics_address, tokens),
         tls=server_tls(settings, "registry", address),
     )
     service.store = store

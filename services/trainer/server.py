@@ -15,7 +15,7 @@ from mtserve.config import Settings, load_settings
 from mtserve.errors import PreconditionError, UnavailableError
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
-from services.common.server import Service, server_tls, token_store
+from services.common.server import Service, metrics_endpoint, server_tls, token_store
 from services.trainer import convert
 from services.trainer.jobs import JobStore
 from services.trainer.manager import JobManager
@@ -112,6 +112,7 @@ def create_server(
         root=settings.trainer_root,
         checkpoints_root=settings.checkpoints_root,
     )
+    tokens = token_store(settings, "trainer", address)
     service = TrainerService(
         [SERVICE_NAME],
         service="trainer",
@@ -119,7 +120,8 @@ def create_server(
         max_streams=t.max_streams,
         max_message_bytes=t.max_message_bytes,
         grace_seconds=t.shutdown_grace_seconds,
-        tokens=token_store(settings, "trainer", address),
+        tokens=tokens,
+        metrics=metrics_endpoint(settings, "trainer", t.metrics_address, tokens),
         tls=server_tls(settings, "trainer", address),
     )
     tpb_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), service.server)

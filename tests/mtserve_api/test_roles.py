@@ -24,6 +24,9 @@ REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 CALLERS = ["none", "unknown", *[r.label for r in Role]]
 DENIED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
+# Several servers live at once in this module: their metrics endpoints (fixed default ports) stay off.
+NO_METRICS = {"registry.metrics_address": "", "inference.metrics_address": "", "trainer.metrics_address": ""}
+
 
 def every_rpc() -> dict[str, Any]:
     """Full method name -> its method descriptor, from the generated stubs."""
@@ -48,7 +51,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from services.trainer.server import create_server as trainer_server
 
     home = tmp_path_factory.mktemp("auth-home")
-    settings = load_settings(overrides={"home": str(home), "device": "cpu", "dtype": "float32"}, env={})
+    settings = load_settings(overrides={"home": str(home), "device": "cpu", "dtype": "float32", **NO_METRICS}, env={})
     servers = []
     addresses = {}
     for name, create in (("Registry", registry_server), ("Inference", inference_server), ("Trainer", trainer_server)):
@@ -164,7 +167,8 @@ def test_mutual_tls_refuses_a_client_without_a_certificate(tmp_path):
     from services.registry.server import create_server
 
     ca_dir = ensure_local_ca(tmp_path)
-    over = {"home": str(tmp_path), "registry.database_url": f"sqlite:///{tmp_path / 'r.db'}", "tls.client_ca_file": str(ca_dir / "ca.pem")}
+    over = {"home": str(tmp_path), "registry.database_url": f"sqlite:///{tmp_path / 'r.db'}", "tls.client_ca_file": str(ca_dir / "ca.pem"),
+            **NO_METRICS}
     server, port = create_server("127.0.0.1:0", load_settings(overrides=over, env={}))
     server.start()
     try:

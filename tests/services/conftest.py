@@ -50,6 +50,10 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "inference.shutdown_grace_seconds": 10,
         "inference.max_wait_ms": 5,
         "inference.max_workers": 64,
+        # Metrics endpoints off: many services share one test process (tests/services/test_metrics.py turns them on).
+        "registry.metrics_address": "",
+        "inference.metrics_address": "",
+        "trainer.metrics_address": "",
         # Above the 50 concurrent clients of test_concurrency (the default, 48,
         # would refuse two of them: admission is tested on its own).
         "inference.max_inflight_calls": 56,

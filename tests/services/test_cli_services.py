@@ -124,7 +124,8 @@ class Server:
 
     def __init__(self, args: list[str], env: dict[str, str]):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtserve_cli", "serve", *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "mtserve_cli", "serve", *args],
+            env={**env, "MTSERVE_REGISTRY__METRICS_ADDRESS": "127.0.0.1:0", "MTSERVE_INFERENCE__METRICS_ADDRESS": "127.0.0.1:0"}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if "listening on" not in line:

@@ -214,7 +214,7 @@ class ServiceProcess:
     def __init__(self, jobs_dir: Path, env: dict[str, str]):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mtserve_cli", "serve", "trainer", "--address", "127.0.0.1:0", "--jobs-dir", str(jobs_dir)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**env, "MTSERVE_TRAINER__METRICS_ADDRESS": "127.0.0.1:0"}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if "listening on" not in line:
