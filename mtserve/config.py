@@ -267,6 +267,11 @@ class Settings(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     checkpoints_dir: str | None = None  # under home by default
     log_level: str = "INFO"
+    # Service logs: "text" (one line, with the request id) or "json" (one
+    # object per line). Customer text is never logged unless
+    # log_customer_text, an explicit debug setting.
+    log_format: Literal["text", "json"] = "text"
+    log_customer_text: bool = False
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)

@@ -25,8 +25,10 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
     if config is not None:
         state.config_file = config
         state.settings = None
+    from services.common.logs import configure_service_logging
+
     s = settings(**overrides)
-    logging.getLogger().setLevel(s.log_level.upper())
+    configure_service_logging(s.log_format, s.log_level, customer_text=s.log_customer_text)
     # alembic announces each of its plugins at INFO; the migration lines stay.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     return s
@@ -49,7 +51,7 @@ def _run(service: Any, name: str, address: str, port: int) -> None:
     while not stop.wait(0.5):
         pass
     service.stop()
-    typer.echo(f"{name} stopped", err=True)
+    logging.getLogger("mtserve.serve").info("%s stopped", name)
 
 
 @serve_app.command("registry")

@@ -41,6 +41,7 @@ from mtserve.errors import (
 )
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
+from services.common.logs import REQUEST_ID_KEY, loggable, request_id_from, set_request_id
 from services.common.metrics import REFUSED, MetricsEndpoint, MetricsInterceptor, MetricsServer
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             ref = uuid.uuid4().hex[:12]
             log.error("%s %s failed (error id %s)", self.service, method, ref, exc_info=exc)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (error id {ref}; details are in the server log)")
-        log.info("%s %s -> %s: %s", self.service, method, code.name, exc)  # type: ignore[union-attr]
+        log.info("%s %s -> %s: %s", self.service, method, code.name, loggable(exc))  # type: ignore[union-attr]
         context.abort(code, str(exc))
+
+    @staticmethod
+    def _start_request(details: grpc.HandlerCallDetails, context: grpc.ServicerContext) -> None:
+        """The call's request id (the caller's or a new one): on every log
+        line of the call, and back to the caller in the initial metadata."""
+        request_id = request_id_from(details.invocation_metadata)
+        set_request_id(request_id)
+        context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):
@@ -172,6 +181,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
                 _caller.set(caller)
+                self._start_request(details, context)
                 self._refuse_if_draining(context, method)
                 self._enter()
                 try:
@@ -187,6 +197,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 _caller.set(caller)
+                self._start_request(details, context)
                 self._refuse_if_draining(context, method)
                 streams = self._streams
                 if streams is not None and not streams.acquire(blocking=False):

@@ -20,7 +20,7 @@ from mtserve.tasks import builtin_catalogue_path
 from mtserve_api.client import connect
 from mtserve_cli import main
 
-from .conftest import SAMPLES, make_settings, start_stack, wait_for
+from .conftest import SAMPLES, make_settings, sample, start_stack, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -204,3 +204,71 @@ def test_serve_on_a_busy_port_is_one_line_before_any_grpc_log(tmp_path):
     assert out.returncode == 2
     assert out.stderr.splitlines()[-1] == f"error: cannot listen on {address}: Address already in use"
     assert "add_port" not in out.stderr and "Traceback" not in out.stderr, out.stderr  # no gRPC C-core line
+
+
+def test_json_logs_carry_the_request_id_and_never_the_customer_text(tmp_path, tiny_llama_dir):
+    """Both services as real processes at DEBUG with JSON logs: every line is
+    a JSON object, the lines of a call carry its request id (the caller's,
+    which also comes back in the response metadata), and the conversation's
+    text appears in no line, not even for a refused call that quotes it."""
+    from mtserve_api import convert
+    from mtserve_api.v1 import inference_pb2 as ipb
+    from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
+
+    marker = "Zebrafinch-4417 cancelled my booking"
+    env = {
+        **os.environ,
+        "MTSERVE_HOME": str(tmp_path),
+        "MTSERVE_CHECKPOINTS_DIR": str(Path(tiny_llama_dir).parent),
+        "MTSERVE_DEVICE": "cpu",
+        "MTSERVE_REGISTRY__DATABASE_URL": f"sqlite:///{tmp_path / 'registry.db'}",
+        "MTSERVE_INFERENCE__STATE_FILE": str(tmp_path / "state.json"),
+        "MTSERVE_LOG_FORMAT": "json",
+        "MTSERVE_LOG_LEVEL": "DEBUG",
+        "MTSERVE_REGISTRY__METRICS_ADDRESS": "",
+        "MTSERVE_INFERENCE__METRICS_ADDRESS": "",
+    }
+    logs = {name: tmp_path / f"{name}.log" for name in ("registry", "inference")}
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start(name: str) -> str:
+        procs[name] = subprocess.Popen([sys.executable, "-m", "mtserve_cli", "serve", name, "--address", "127.0.0.1:0"], env=env, cwd=ROOT,
+                                       stdout=subprocess.PIPE, stderr=logs[name].open("w"), text=True)
+        line = procs[name].stdout.readline()  # type: ignore[union-attr]
+        assert "listening on" in line, logs[name].read_text()
+        return line.split("listening on ")[1].strip()
+
+    try:
+        env["MTSERVE_REGISTRY__ADDRESS"] = start("registry")
+        cli(env, "tasks", "apply", "-f", str(builtin_catalogue_path("hotel")))
+        cli(env, "checkpoints", "register", str(tiny_llama_dir))
+        cli(env, "routes", "set", "rc-a", "tiny-llama")
+        address = start("inference")
+        wait_for(lambda: serving(address, tmp_path), "the inference process to serve")
+        call = convert.input_to_pb(sample("call-cancelled"))
+        call.conversation.turns[0].text = marker
+        with connect(address, settings=load_settings(env={"MTSERVE_HOME": str(tmp_path)})) as channel:
+            stub = ipb_grpc.InferenceStub(channel)
+            _, answered = stub.Classify.with_call(ipb.ClassifyRequest(task="rc-a", input=call), metadata=[("x-request-id", "req-ok-1")], timeout=60)
+            assert ("x-request-id", "req-ok-1") in answered.initial_metadata()
+            # Refused: the conversation is over its budget and truncation is off (the message names the input, not its text).
+            long = convert.input_to_pb(sample("call-cancelled"))
+            long.conversation.turns[0].text = (marker + " ") * 400
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Classify(ipb.ClassifyRequest(task="rc-a", input=long, no_truncate=True), metadata=[("x-request-id", "req-bad-2")], timeout=60)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            # A blank turn beside the marked one: a ValidationError that quotes the caller's value.
+            empty = convert.input_to_pb(sample("call-cancelled"))
+            empty.conversation.turns[0].text = marker
+            empty.conversation.turns[1].text = "   "
+            with pytest.raises(grpc.RpcError):
+                stub.Classify(ipb.ClassifyRequest(task="rc-a", input=empty), metadata=[("x-request-id", "req-bad-3")], timeout=60)
+    finally:
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    lines = [line for name in logs for line in logs[name].read_text().splitlines()]
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    assert records and {"ts", "level", "logger", "message", "request_id"} <= set(records[0])
+    assert any(r["request_id"] == "req-bad-2" and "INVALID_ARGUMENT" in r["message"] for r in records)
+    assert not [line for line in lines if "Zebrafinch" in line]
