@@ -18,7 +18,7 @@ from mtserve.errors import MtserveError
 # Each noun lives in its own module; importing it attaches its commands to
 # `app`. They import what they call inside each command, so `mtserve models`
 # loads neither grpc nor celery.
-from mtserve_cli import batch, bench, core, demo, logs, registry, serve, tls, tokens, train  # noqa: F401
+from mtserve_cli import batch, bench, core, demo, logs, registry, serve, status, tls, tokens, train  # noqa: F401
 from mtserve_cli.root import app
 
 __all__ = ["app", "main"]

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 REQUEST_ID_KEY = "x-request-id"
+VERSION_KEY = "x-mtserve-version"  # every response says which release answered (`mtserve status` reads it)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("mtserve_request_id", default="")

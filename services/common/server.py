@@ -14,6 +14,7 @@ with UNAVAILABLE once draining has begun.
 from __future__ import annotations
 
 import contextvars
+import importlib.metadata
 import ipaddress
 import logging
 import socket
@@ -41,10 +42,15 @@ from mtserve.errors import (
 )
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
-from services.common.logs import REQUEST_ID_KEY, loggable, request_id_from, set_request_id
+from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, loggable, request_id_from, set_request_id
 from services.common.metrics import REFUSED, MetricsEndpoint, MetricsInterceptor, MetricsServer
 
 log = logging.getLogger(__name__)
+
+try:
+    SERVER_VERSION = importlib.metadata.version("mtserve")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that was not installed
+    SERVER_VERSION = "unknown"
 
 # The token name of the call being served ("" with auth off): servicers read
 # it for audit records. Set by the interceptor in the thread that runs the call.
@@ -141,7 +147,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         line of the call, and back to the caller in the initial metadata."""
         request_id = request_id_from(details.invocation_metadata)
         set_request_id(request_id)
-        context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        context.send_initial_metadata(((REQUEST_ID_KEY, request_id), (VERSION_KEY, SERVER_VERSION)))
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):

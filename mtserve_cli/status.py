@@ -1,0 +1,122 @@
+"""`mtserve status`: every registry, inference replica and batch worker it is
+pointed at, in one view: health, the release that answered, and what each
+holds (route table revision, loaded checkpoints, queue depth). Exit 1 when
+any of them is unreachable or not serving, so scripts can gate on it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import typer
+
+from mtserve_cli.root import app, settings
+
+REGISTRY_SERVICE, INFERENCE_SERVICE = "mtserve.v1.Registry", "mtserve.v1.Inference"
+
+
+@dataclass
+class Component:
+    kind: str  # registry | inference | workers
+    address: str
+    health: str  # SERVING, NOT_SERVING, UNREACHABLE, ...
+    version: str = "-"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def health_and_version(address: str, service: str, s: Any) -> tuple[str, str]:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from mtserve_api.client import connect
+
+    try:
+        with connect(address, settings=s) as channel:
+            response, call = health_pb2_grpc.HealthStub(channel).Check.with_call(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    except grpc.RpcError as exc:
+        return ("UNREACHABLE" if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else exc.code().name), "-"
+    version = dict(call.initial_metadata() or ()).get("x-mtserve-version", "-")
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), str(version)
+
+
+def registry_status(address: str, s: Any) -> Component:
+    from mtserve.errors import MtserveError
+    from mtserve_api.registry import RegistryClient
+
+    try:
+        health, version = health_and_version(address, REGISTRY_SERVICE, s)
+    except MtserveError as exc:  # no CA to trust, a token that cannot be read: this component's problem only
+        return Component("registry", address, "ERROR", detail={"error": str(exc)})
+    component = Component("registry", address, health, version)
+    if health == "SERVING":
+        try:
+            with RegistryClient(address, timeout=10, settings=s) as client:
+                routes, revision = client.get_routes()
+                component.detail = {"revision": revision, "tasks": len(client.list_tasks()), "routes": len(routes)}
+        except MtserveError as exc:
+            component.detail = {"error": str(exc)}
+    return component
+
+
+def inference_status(address: str, s: Any) -> Component:
+    from mtserve.errors import MtserveError
+    from mtserve_api.inference import InferenceClient
+
+    try:
+        health, version = health_and_version(address, INFERENCE_SERVICE, s)
+    except MtserveError as exc:  # no CA to trust, a token that cannot be read: this component's problem only
+        return Component("inference", address, "ERROR", detail={"error": str(exc)})
+    component = Component("inference", address, health, version)
+    if health != "UNREACHABLE":
+        try:
+            with InferenceClient(address, timeout=10, settings=s) as client:
+                info = client.model_info()
+            component.detail = {
+                "registry_revision": info.registry_revision, "registry_connected": info.registry_connected,
+                "loaded": [c.id for c in info.checkpoints if c.loaded], "queue_depth": info.queue_depth,
+            }
+        except MtserveError as exc:
+            component.detail = {"error": str(exc)}
+    return component
+
+
+def workers_status(s: Any) -> Component:
+    """Batch workers answering a Celery ping, and the depth of their queue."""
+    from batch.celery_app import make_app
+    from batch.dispatch import CeleryEnqueuer
+
+    celery = make_app(s)
+    try:
+        replies = celery.control.ping(timeout=2.0) or []
+    except Exception as exc:  # noqa: BLE001 - the broker is down or refuses: reported, not raised
+        return Component("workers", s.batch.broker_url, "UNREACHABLE", detail={"error": f"{type(exc).__name__}: {exc}"})
+    names = sorted(name for reply in replies for name in reply)
+    depth = CeleryEnqueuer(celery).queue_depth()
+    return Component("workers", s.batch.broker_url.split("@")[-1], "SERVING" if names else "NOT_SERVING",
+                     detail={"workers": names, "queue": s.batch.queue, "queue_depth": depth})
+
+
+@app.command("status")
+def status_cmd(
+    registry: list[str] = typer.Option(None, "--registry", help="Registry HOST:PORT (repeat; default: registry.address)."),
+    inference: list[str] = typer.Option(None, "--inference", help="Inference replica HOST:PORT (repeat; default: inference.address)."),
+    workers: bool = typer.Option(True, "--workers/--no-workers", help="Also ping the batch workers through the broker."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Health, version and state of every registry, inference replica and batch worker."""
+    import json
+
+    s = settings()
+    components = [registry_status(a, s) for a in registry or [s.registry.address]]
+    components += [inference_status(a, s) for a in inference or [s.inference.address]]
+    if workers:
+        components.append(workers_status(s))
+    if as_json:
+        typer.echo(json.dumps([asdict(c) for c in components], indent=2))
+    else:
+        from mtserve_cli.registry import _table
+
+        rows = [[c.kind, c.address, c.health, c.version, ", ".join(f"{k}={v}" for k, v in c.detail.items())] for c in components]
+        _table(None, ["component", "address", "health", "version", "state"], rows)
+    if any(c.health != "SERVING" for c in components):
+        raise typer.Exit(1)
