@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 
 from batch import worker
 from mtserve.config import Settings, load_settings
@@ -112,6 +112,24 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 
 app = make_app()
+
+
+_metrics_server: Any = None
+
+
+@worker_init.connect
+def _init_worker(**_: Any) -> None:
+    # The parent (not a pool process): serve the pool processes' metrics.
+    global _metrics_server
+    from batch.metrics import serve_worker_metrics
+
+    _metrics_server = serve_worker_metrics(getattr(app, "mtserve_settings", None) or load_settings())
+
+
+@worker_shutdown.connect
+def _shutdown_worker(**_: Any) -> None:
+    if _metrics_server is not None:
+        _metrics_server.stop()
 
 
 @worker_process_init.connect

@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy.exc import OperationalError
 
-from batch import jobs, worker
+from batch import jobs, metrics, worker
 from batch.celery_app import CHORD_FAILED, FINISH_JOB, SCORE_CHUNK
 from mtserve.errors import MtserveError, OverloadedError, UnavailableError
 
@@ -52,25 +52,31 @@ def score_chunk(self: Any, job_id: str, chunk: dict[str, Any]) -> dict[str, Any]
             group_size=b.conversations_per_call,
             pause=b.debug_pause_seconds,
         )
+        metrics.count_chunk(outcome)
         return outcome.to_dict()
     except (SoftTimeLimitExceeded, *TRANSIENT) as exc:
         reason = "soft time limit reached" if isinstance(exc, SoftTimeLimitExceeded) else f"{type(exc).__name__}: {exc}"
         if self.request.retries >= b.max_retries:
             log.error("job %s chunk %d: giving up after %d retries: %s", job_id, index, self.request.retries, reason)
             _fail(state, job_id, index, f"gave up after {self.request.retries} retries: {reason}")
-            return jobs.ChunkOutcome(job_id, index, "failed", error=reason).to_dict()
+            failed = jobs.ChunkOutcome(job_id, index, "failed", error=reason)
+            metrics.count_chunk(failed)
+            return failed.to_dict()
         # Committed groups stay; the retry scores what is left. A time limit
         # retries at once, a transient error after a jittered backoff.
         countdown = 0.0 if isinstance(exc, SoftTimeLimitExceeded) else backoff(self.request.retries, b.retry_backoff_max)
         log.warning("job %s chunk %d: %s; retry %d in %.1fs", job_id, index, reason, self.request.retries + 1, countdown)
         _fail(state, job_id, index, reason, final=False)
+        metrics.count_retry()
         raise self.retry(countdown=countdown, max_retries=b.max_retries) from None
     except MtserveError as exc:
         # Files changed since planning, a job that does not exist...: retrying
         # gives the same answer. Recorded; the report lists it.
         log.error("job %s chunk %d failed: %s", job_id, index, exc)
         _fail(state, job_id, index, str(exc))
-        return jobs.ChunkOutcome(job_id, index, "failed", error=str(exc)).to_dict()
+        failed = jobs.ChunkOutcome(job_id, index, "failed", error=str(exc))
+        metrics.count_chunk(failed)
+        return failed.to_dict()
 
 
 def _fail(state: worker.WorkerState, job_id: str, index: int, error: str, *, final: bool = True) -> None:

@@ -118,6 +118,9 @@ class BatchSettings(_Section):
     # share one Redis without seeing each other's messages.
     key_prefix: str = ""
     queue: str = "mtserve-batch"
+    # Prometheus /metrics of a worker (`mtserve worker`: the pool processes'
+    # metrics, collected by the parent); "" turns it off.
+    metrics_address: str = "127.0.0.1:9464"
     chunk_size: int = Field(default=25, ge=1)
     # Conversations per scorer call: the local engine batches their prefixes
     # together; results are committed after each group, so a chunk that is cut

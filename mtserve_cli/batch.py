@@ -305,6 +305,14 @@ def worker_cmd(
         return
     _check_broker(s)
     env = dict(os.environ)
+    if s.batch.metrics_address:
+        # A fresh folder for the pool processes' metrics (batch/metrics.py),
+        # in the environment before Celery starts, so every process inherits it.
+        import tempfile
+
+        from batch.metrics import MULTIPROC_ENV
+
+        env[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="mtserve-worker-metrics-")
     if state.config_file is not None:  # the worker reads the same settings file
         env["MTSERVE_CONFIG"] = str(Path(state.config_file).resolve())
     sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the services, and the HTTP endpoint that serves them.
+"""Prometheus metrics of the gRPC services (served by mtserve/metrics_http.py).
 
 Every metric is defined here, once, on prometheus_client's default registry
 (which also carries the process collector: resident memory, CPU seconds, open
@@ -22,21 +22,12 @@ scrape config has both (`authorization: {credentials_file: ...}`, `tls_config:
 from __future__ import annotations
 
 import logging
-import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
-
-from mtserve.auth import Role, TokenStore
-from mtserve.errors import UnavailableError
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -115,70 +106,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         return handler
 
 
-@dataclass(frozen=True)
-class MetricsEndpoint:
-    """Where and how a service serves /metrics: None token store = no token
-    required; None cert = plain HTTP."""
-
-    address: str
-    tokens: TokenStore | None
-    cert_files: tuple[Path, Path] | None
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        return  # one line per scrape on stderr is noise; failures are answered with their status
-
-
-def _guarded(app: Any, tokens: TokenStore | None) -> Any:
-    """The metrics app behind a bearer-token check (operator or above)."""
-
-    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
-        if tokens is not None:
-            header = environ.get("HTTP_AUTHORIZATION", "")
-            token = tokens.authenticate(header[len("Bearer "):].strip()) if header.startswith("Bearer ") else None
-            if token is None or token.role < Role.OPERATOR:
-                status = "401 Unauthorized" if token is None else "403 Forbidden"
-                body = b"missing or unknown bearer token\n" if token is None else b"metrics need the operator role\n"
-                start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-                return [body]
-        return app(environ, start_response)
-
-    return guarded
-
-
-class MetricsServer:
-    """The /metrics HTTP endpoint of one service, in a daemon thread."""
-
-    def __init__(self, endpoint: MetricsEndpoint):
-        host, _, port = endpoint.address.rpartition(":")
-        try:
-            self.httpd = make_server(host.strip("[]"), int(port), _guarded(make_wsgi_app(), endpoint.tokens),
-                                     _ThreadingServer, handler_class=_QuietHandler)
-        except OSError as exc:
-            raise UnavailableError(f"cannot serve metrics on {endpoint.address}: {exc.strerror or exc}") from None
-        if endpoint.cert_files is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(str(endpoint.cert_files[0]), str(endpoint.cert_files[1]))
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_port
-        self.scheme = "https" if endpoint.cert_files else "http"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 __all__ = [
     "BATCH_REQUESTS", "BATCH_SECONDS", "LABELS_SERVED", "MODEL_BYTES", "MODEL_LOAD_SECONDS", "QUEUE_DEPTH", "REFUSED", "RPC_IN_FLIGHT",
-    "RPC_REQUESTS", "RPC_SECONDS", "MetricsEndpoint", "MetricsInterceptor", "MetricsServer",
+    "RPC_REQUESTS", "RPC_SECONDS", "MetricsInterceptor",
 ]

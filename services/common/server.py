@@ -40,10 +40,11 @@ from mtserve.errors import (
     UnavailableError,
     ValidationError,
 )
+from mtserve.metrics_http import MetricsEndpoint, MetricsServer
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
 from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, loggable, request_id_from, set_request_id
-from services.common.metrics import REFUSED, MetricsEndpoint, MetricsInterceptor, MetricsServer
+from services.common.metrics import REFUSED, MetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -298,17 +299,6 @@ def _refuse_if_in_use(address: str) -> None:
             probe.bind((host, int(port)))
         except OSError as exc:
             raise UnavailableError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-
-
-def metrics_endpoint(settings: Settings, service: str, address: str, tokens: TokenStore | None) -> MetricsEndpoint | None:
-    """Where a service serves Prometheus metrics ("" : nowhere), with the
-    gRPC port's protection: TLS when tls.enabled, an operator token when
-    auth is on. A non-loopback address needs both."""
-    if not address:
-        return None
-    if not is_loopback(address) and (tokens is None or not settings.tls.enabled):
-        raise PreconditionError(f"{service}.metrics_address {address} is not a loopback address: it needs tls.enabled and auth.enabled")
-    return MetricsEndpoint(address, tokens, settings.server_tls_files())
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:

@@ -9,10 +9,11 @@ import logging
 from typing import Any
 
 from mtserve.config import Settings, load_settings
+from mtserve.metrics_http import metrics_endpoint
 from mtserve_api import convert
 from mtserve_api.v1 import inference_pb2 as ipb
 from mtserve_api.v1 import inference_pb2_grpc as ipb_grpc
-from services.common.server import Service, metrics_endpoint, server_tls, token_store
+from services.common.server import Service, server_tls, token_store
 from services.inference.core import InferenceCore, Loader
 from services.inference.watcher import RegistryWatcher
 
@@ -88,7 +89,7 @@ def create_server(
         # for health checks and for refusing quickly.
         max_concurrent_rpcs=settings.inference.max_workers,
         tokens=tokens,
-        metrics=metrics_endpoint(settings, "inference", settings.inference.metrics_address, tokens),
+        metrics=metrics_endpoint(settings, "inference", settings.inference.metrics_address),
         tls=server_tls(settings, "inference", address),
     )
     ipb_grpc.add_InferenceServicer_to_server(InferenceServicer(core), service.server)

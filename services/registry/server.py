@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from mtserve.config import Settings, load_settings
+from mtserve.metrics_http import metrics_endpoint
 from mtserve.records import PolicyRecord, TaskStatus
 from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
 from mtserve_api import convert
 from mtserve_api.v1 import registry_pb2 as rpb
 from mtserve_api.v1 import registry_pb2_grpc as rpb_grpc
-from services.common.server import Service, current_caller, metrics_endpoint, server_tls, token_store
+from services.common.server import Service, current_caller, server_tls, token_store
 from services.registry.store import RegistryStore
 from services.registry.watch import watch_states
 
@@ -134,7 +135,7 @@ def create_server(
         max_message_bytes=settings.registry.max_message_bytes,
         grace_seconds=settings.registry.shutdown_grace_seconds,
         tokens=tokens,
-        metrics=metrics_endpoint(settings, "registry", settings.registry.metrics_address, tokens),
+        metrics=metrics_endpoint(settings, "registry", settings.registry.metrics_address),
         tls=server_tls(settings, "registry", address),
     )
     service.store = store

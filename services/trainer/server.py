@@ -13,9 +13,10 @@ from typing import Any
 
 from mtserve.config import Settings, load_settings
 from mtserve.errors import PreconditionError, UnavailableError
+from mtserve.metrics_http import metrics_endpoint
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
-from services.common.server import Service, metrics_endpoint, server_tls, token_store
+from services.common.server import Service, server_tls, token_store
 from services.trainer import convert
 from services.trainer.jobs import JobStore
 from services.trainer.manager import JobManager
@@ -121,7 +122,7 @@ def create_server(
         max_message_bytes=t.max_message_bytes,
         grace_seconds=t.shutdown_grace_seconds,
         tokens=tokens,
-        metrics=metrics_endpoint(settings, "trainer", t.metrics_address, tokens),
+        metrics=metrics_endpoint(settings, "trainer", t.metrics_address),
         tls=server_tls(settings, "trainer", address),
     )
     tpb_grpc.add_TrainerServicer_to_server(TrainerServicer(manager), service.server)

@@ -206,6 +206,8 @@ def make_env(
         "restore_interval": 1,
         "retry_backoff_max": 5,
         "stall_seconds": 20,
+        # Off: several workers run at once in some tests (test_metrics turns it on).
+        "metrics_address": "",
     }
     values.update(batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MTSERVE_")}
