@@ -223,3 +223,23 @@ def test_a_second_server_cannot_take_a_port_in_use(registry, tmp_path: Path):
     _, address, _, _ = registry
     with pytest.raises(UnavailableError, match="cannot listen on"):
         create_server(address, make_settings(tmp_path / "other"))
+
+
+def test_an_undecodable_body_is_invalid_argument_not_internal(registry):
+    """grpcio answers a body its deserializer cannot decode with INTERNAL and
+    keeps ~16 KB per such call (scripts/grpc_undecodable_memory.py); the
+    interceptor decodes first and refuses it as the caller's error."""
+    _, address, _, _ = registry
+    with connect(address) as channel:
+        raw = channel.unary_unary("/mtserve.v1.Registry/GetRoutes", request_serializer=None, response_deserializer=None)
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as refused:
+                raw(b"\xff\xff\xff\xff", timeout=10)
+            assert (refused.value.code(), refused.value.details()) == (
+                grpc.StatusCode.INVALID_ARGUMENT, "request: the body is not a valid request message of /mtserve.v1.Registry/GetRoutes"
+            )
+        stream = channel.unary_stream("/mtserve.v1.Registry/Watch", request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(iter(stream(b"\xff\xff\xff\xff", timeout=10)))
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert raw(b"", timeout=10) is not None  # an empty body is a valid (default) message
