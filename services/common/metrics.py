@@ -2,7 +2,8 @@
 
 Every metric is defined here, once, on prometheus_client's default registry
 (which also carries the process collector: resident memory, CPU seconds, open
-files). The metrics interceptor (beside the error interceptor) counts every
+files); no gRPC here, so the plain-Python core and batcher can count too. The
+metrics interceptor (services/common/server.py, beside the error interceptor) counts every
 call by service, RPC, task and status code and times it; the inference core
 and batcher add what only they see: labels served per task and checkpoint
 (drift between days shows there), batch sizes, queue depth, refusals, model
@@ -21,15 +22,7 @@ scrape config has both (`authorization: {credentials_file: ...}`, `tls_config:
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import grpc
 from prometheus_client import Counter, Gauge, Histogram
-
-log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -46,67 +39,7 @@ QUEUE_DEPTH = Gauge("mtserve_batch_queue_depth", "Requests waiting for their bat
 MODEL_LOAD_SECONDS = Gauge("mtserve_model_load_seconds", "Time the last load of a checkpoint took.", ["checkpoint"])
 MODEL_BYTES = Gauge("mtserve_model_bytes", "Bytes of a loaded checkpoint's parameters.", ["checkpoint"])
 
-# Status codes after which the request's task name is a known one.
-_TASK_KNOWN = {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
-               grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
-
-
-def _short_method(method: str) -> str:
-    return method.rsplit("/", 1)[-1]
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts and times every call (streams: counted when they end)."""
-
-    def __init__(self, service: str):
-        self.service = service
-
-    def _record(self, method: str, request: Any, context: grpc.ServicerContext, started: float) -> None:
-        code = context.code() or grpc.StatusCode.OK
-        # code() is a StatusCode once set; abort() set it before raising.
-        code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-        task = getattr(request, "task", "") if code in _TASK_KNOWN else "-"
-        task = task if isinstance(task, str) else "-"
-        name = _short_method(method)
-        RPC_REQUESTS.labels(self.service, name, task, code.name).inc()
-        RPC_SECONDS.labels(self.service, name, task).observe(time.monotonic() - started)
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method
-        in_flight = RPC_IN_FLIGHT.labels(self.service)
-        if handler.unary_unary is not None:
-            inner_uu = handler.unary_unary
-
-            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
-                started = time.monotonic()
-                in_flight.inc()
-                try:
-                    return inner_uu(request, context)
-                finally:
-                    in_flight.dec()
-                    self._record(method, request, context, started)
-
-            return handler._replace(unary_unary=unary_unary)
-        if handler.unary_stream is not None:
-            inner_us = handler.unary_stream
-
-            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started = time.monotonic()
-                in_flight.inc()
-                try:
-                    yield from inner_us(request, context)
-                finally:
-                    in_flight.dec()
-                    self._record(method, request, context, started)
-
-            return handler._replace(unary_stream=unary_stream)
-        return handler
-
-
 __all__ = [
     "BATCH_REQUESTS", "BATCH_SECONDS", "LABELS_SERVED", "MODEL_BYTES", "MODEL_LOAD_SECONDS", "QUEUE_DEPTH", "REFUSED", "RPC_IN_FLIGHT",
-    "RPC_REQUESTS", "RPC_SECONDS", "MetricsInterceptor",
+    "RPC_REQUESTS", "RPC_SECONDS",
 ]

@@ -44,7 +44,7 @@ from mtserve.metrics_http import MetricsEndpoint, MetricsServer
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
 from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, loggable, request_id_from, set_request_id
-from services.common.metrics import REFUSED, MetricsInterceptor
+from services.common.metrics import REFUSED, RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,66 @@ def status_of(exc: MtserveError) -> grpc.StatusCode | None:
         if isinstance(exc, cls):
             return code
     return None
+
+
+# Status codes after which the request's task name is a known one.
+_TASK_KNOWN = {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
+               grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
+
+
+def _short_method(method: str) -> str:
+    return method.rsplit("/", 1)[-1]
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts and times every call (streams: counted when they end)."""
+
+    def __init__(self, service: str):
+        self.service = service
+
+    def _record(self, method: str, request: Any, context: grpc.ServicerContext, started: float) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        # code() is a StatusCode once set; abort() set it before raising.
+        code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+        task = getattr(request, "task", "") if code in _TASK_KNOWN else "-"
+        task = task if isinstance(task, str) else "-"
+        name = _short_method(method)
+        RPC_REQUESTS.labels(self.service, name, task, code.name).inc()
+        RPC_SECONDS.labels(self.service, name, task).observe(time.monotonic() - started)
+
+    def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        in_flight = RPC_IN_FLIGHT.labels(self.service)
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            def unary_unary(request: Any, context: grpc.ServicerContext) -> Any:
+                started = time.monotonic()
+                in_flight.inc()
+                try:
+                    return inner_uu(request, context)
+                finally:
+                    in_flight.dec()
+                    self._record(method, request, context, started)
+
+            return handler._replace(unary_unary=unary_unary)
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            def unary_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                started = time.monotonic()
+                in_flight.inc()
+                try:
+                    yield from inner_us(request, context)
+                finally:
+                    in_flight.dec()
+                    self._record(method, request, context, started)
+
+            return handler._replace(unary_stream=unary_stream)
+        return handler
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):

@@ -21,6 +21,9 @@ from mtserve.config import load_settings
 
 DATE = "2024-09-01"
 
+# Two inference services live at once here: their metrics endpoints (fixed default ports) stay off.
+NO_METRICS = {"registry.metrics_address": "", "inference.metrics_address": ""}
+
 
 @pytest.fixture
 def stack(tmp_path: Path, hotel: Any, tiny_llama_dir: Path, wait_for: Callable[..., Any]) -> Iterator[dict[str, Any]]:
@@ -35,6 +38,7 @@ def stack(tmp_path: Path, hotel: Any, tiny_llama_dir: Path, wait_for: Callable[.
             "device": "cpu", "dtype": "float32", "registry.database_url": f"sqlite:///{tmp_path / 'registry.db'}",
             "inference.state_file": str(tmp_path / "inference-state.json"), "inference.max_wait_ms": 5,
             "registry.watch_poll_seconds": 0.5, "registry.shutdown_grace_seconds": 1, "inference.shutdown_grace_seconds": 2,
+            **NO_METRICS,
         },
         env={},  # the session's home: its local admin token is what the clients send
     )
@@ -134,7 +138,8 @@ def test_unavailable_inference_service_is_retried_with_backoff(
         store = env.store()
         wait_for(lambda: worker.log().count("UNAVAILABLE") >= 2, 60, "chunks to meet UNAVAILABLE and retry")
         assert "retry 2 in" in worker.log() or "retry 1 in" in worker.log()
-        settings = load_settings(overrides={"device": "cpu", "dtype": "float32", "inference.state_file": str(tmp_path / "late.json")}, env={})
+        settings = load_settings(overrides={"device": "cpu", "dtype": "float32", "inference.state_file": str(tmp_path / "late.json"),
+                                            **NO_METRICS}, env={})
         late, _ = inference_server(f"127.0.0.1:{port}", settings, registry_address=stack["registry"])
         late.start()
         out = json.loads(env.cli("batch", "status", job, "--wait", "--timeout", "240", "--json").stdout)

@@ -1,0 +1,1 @@
+"""Service benchmarks (real servers, the default model): run by hand, never in CI."""
