@@ -43,7 +43,7 @@ def known_tasks(settings: Settings) -> dict[str, Task]:
     from mtserve.records import TaskStatus
     from mtserve_api.registry import RegistryClient
 
-    with RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds) as registry:
+    with RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds, settings=settings) as registry:
         return {r.name: r.task for r in registry.list_tasks(status=TaskStatus.ACTIVE)}
 
 
@@ -66,8 +66,8 @@ class GrpcScorer:
         from mtserve_api.inference import InferenceClient
         from mtserve_api.registry import RegistryClient
 
-        inference = InferenceClient(settings.batch_inference_address, timeout=settings.inference.client_timeout_seconds)
-        registry = RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds)
+        inference = InferenceClient(settings.batch_inference_address, timeout=settings.inference.client_timeout_seconds, settings=settings)
+        registry = RegistryClient(settings.inference_registry_address, timeout=settings.registry.client_timeout_seconds, settings=settings)
         return cls(inference, registry, parallel=settings.batch.conversations_per_call)
 
     # -- the route view ----------------------------------------------------------------------

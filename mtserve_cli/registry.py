@@ -29,7 +29,7 @@ def _client(address: str | None) -> Any:
     from mtserve_api.registry import RegistryClient
 
     s = settings()
-    return RegistryClient(address or s.registry.address, timeout=s.registry.client_timeout_seconds)
+    return RegistryClient(address or s.registry.address, timeout=s.registry.client_timeout_seconds, settings=s)
 
 
 def _echo_json(data: Any) -> None:

@@ -18,8 +18,9 @@ def classify_remote(server: str, task_names: Sequence[str], inp: Input, *, trunc
     and the checkpoint(s) that answered. One ClassifyMany call: the input's
     prefix is computed once per checkpoint."""
     from mtserve_api.inference import InferenceClient
+    from mtserve_cli.root import settings
 
-    with InferenceClient(server, timeout=timeout) as client:
+    with InferenceClient(server, timeout=timeout, settings=settings()) as client:
         answers, skipped = client.classify_many(inp, list(task_names), truncate=truncate)
     for name, reason in skipped:
         typer.echo(f"note: {name} skipped: {reason}", err=True)

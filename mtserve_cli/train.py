@@ -347,7 +347,8 @@ def _trainer(address: str | None) -> Any:
     from services.trainer.client import TrainerClient
 
     s = settings()
-    return TrainerClient(address or s.trainer.address, timeout=s.trainer.client_timeout_seconds, cancel_grace=s.trainer.cancel_grace_seconds)
+    return TrainerClient(address or s.trainer.address, timeout=s.trainer.client_timeout_seconds, cancel_grace=s.trainer.cancel_grace_seconds,
+                         settings=s)
 
 
 def _job_line(job: Any) -> list[str]:

@@ -102,6 +102,7 @@ def create_server(
         initial_backoff=settings.inference.reconnect_initial_seconds,
         max_backoff=settings.inference.reconnect_max_seconds,
         name=f"inference@{address}",
+        settings=settings,
     )
     service.watcher = watcher
     if watch:

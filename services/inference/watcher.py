@@ -32,12 +32,16 @@ class RegistryWatcher:
         max_backoff: float = 30.0,
         name: str = "inference",
         client_factory: Callable[[str], Any] | None = None,
+        settings: Any = None,
     ):
+        """`settings`: the server's, whose credentials (token, TLS) the
+        watch stream uses (None: this process's load_settings())."""
         self.core = core
         self.address = address
         self.state_file = Path(state_file) if state_file else None
         self.initial_backoff, self.max_backoff = initial_backoff, max_backoff
         self.name = name
+        self.settings = settings
         self.client_factory = client_factory or self._client
         self.state: RegistryState | None = None
         self.connects = 0  # streams opened that delivered a snapshot
@@ -45,11 +49,10 @@ class RegistryWatcher:
         self._stream: Any = None
         self._thread = threading.Thread(target=self._run, name="registry-watch", daemon=True)
 
-    @staticmethod
-    def _client(address: str) -> Any:
+    def _client(self, address: str) -> Any:
         from mtserve_api.registry import RegistryClient
 
-        return RegistryClient(address, keepalive=True)
+        return RegistryClient(address, keepalive=True, settings=self.settings)
 
     def start(self) -> RegistryWatcher:
         self._thread.start()

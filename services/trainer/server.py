@@ -61,7 +61,7 @@ class TrainerServicer(tpb_grpc.TrainerServicer):
                 yield tpb.WatchJobResponse(event=convert.event_to_pb(seq, event))
 
 
-def registry_check(timeout: float = REGISTRY_CHECK_SECONDS) -> Any:
+def registry_check(timeout: float = REGISTRY_CHECK_SECONDS, settings: Any = None) -> Any:
     """A job asked to promote must not start when the registry does not
     answer: hours of training would end in a failed promotion."""
 
@@ -69,7 +69,7 @@ def registry_check(timeout: float = REGISTRY_CHECK_SECONDS) -> Any:
         from mtserve_api.registry import RegistryClient
 
         try:
-            with RegistryClient(address, timeout=timeout) as client:
+            with RegistryClient(address, timeout=timeout, settings=settings) as client:
                 client.get_routes()
         except UnavailableError as exc:
             raise PreconditionError(
@@ -105,7 +105,7 @@ def create_server(
     manager = JobManager(
         JobStore(jobs_dir or settings.trainer_jobs_dir),
         registry_address=registry_address or settings.trainer_registry_address,
-        registry_check=registry_check(),
+        registry_check=registry_check(settings=settings),
         max_running=t.max_running_jobs,
         cancel_grace=t.cancel_grace_seconds,
         poll_seconds=t.poll_seconds,

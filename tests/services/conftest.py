@@ -91,14 +91,14 @@ class Stack:
     def registry_client(self, timeout: float = 30.0) -> Any:
         from mtserve_api.registry import RegistryClient
 
-        client = RegistryClient(self.registry_address, timeout=timeout)
+        client = RegistryClient(self.registry_address, timeout=timeout, settings=self.settings)
         self.clients.append(client)
         return client
 
     def inference_client(self, timeout: float = 60.0, **kw: Any) -> Any:
         from mtserve_api.inference import InferenceClient
 
-        client = InferenceClient(self.inference_address, timeout=timeout, **kw)
+        client = InferenceClient(self.inference_address, timeout=timeout, **{"settings": self.settings, **kw})
         self.clients.append(client)
         return client
 
