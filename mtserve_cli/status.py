@@ -35,7 +35,7 @@ def health_and_version(address: str, service: str, s: Any) -> tuple[str, str]:
             response, call = health_pb2_grpc.HealthStub(channel).Check.with_call(health_pb2.HealthCheckRequest(service=service), timeout=5)
     except grpc.RpcError as exc:
         return ("UNREACHABLE" if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else exc.code().name), "-"
-    version = dict(call.initial_metadata() or ()).get("x-mtserve-version", "-")
+    version = dict(call.trailing_metadata() or ()).get("x-mtserve-version", "-")
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), str(version)
 
 

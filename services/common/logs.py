@@ -2,7 +2,7 @@
 
 Every call gets a request id: the caller's own (`x-request-id` metadata, up
 to 64 characters of letters, digits and `._-`) or a new one. It comes back in
-the response's initial metadata and is on every log line written while the
+the response's trailing metadata and is on every log line written while the
 call runs (a contextvar the log filter reads). `log_format: json` writes one
 JSON object per line (time, level, logger, message, request_id, and the
 exception when there is one), for log shippers.

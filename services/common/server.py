@@ -205,10 +205,14 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     @staticmethod
     def _start_request(details: grpc.HandlerCallDetails, context: grpc.ServicerContext) -> None:
         """The call's request id (the caller's or a new one): on every log
-        line of the call, and back to the caller in the initial metadata."""
+        line of the call, and back to the caller in the trailing metadata.
+        Trailing, not initial: response headers commit a call, and a client
+        no longer retries a committed call, so headers sent at the start
+        would end the retry of UNAVAILABLE (a draining replica) that rolling
+        restarts rely on."""
         request_id = request_id_from(details.invocation_metadata)
         set_request_id(request_id)
-        context.send_initial_metadata(((REQUEST_ID_KEY, request_id), (VERSION_KEY, SERVER_VERSION)))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (VERSION_KEY, SERVER_VERSION)))
 
     def _refuse_if_draining(self, context: grpc.ServicerContext, method: str) -> None:
         if self.draining.is_set() and not method.startswith(_ALWAYS_ALLOWED):

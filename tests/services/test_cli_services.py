@@ -250,7 +250,7 @@ def test_json_logs_carry_the_request_id_and_never_the_customer_text(tmp_path, ti
         with connect(address, settings=load_settings(env={"MTSERVE_HOME": str(tmp_path)})) as channel:
             stub = ipb_grpc.InferenceStub(channel)
             _, answered = stub.Classify.with_call(ipb.ClassifyRequest(task="rc-a", input=call), metadata=[("x-request-id", "req-ok-1")], timeout=60)
-            assert ("x-request-id", "req-ok-1") in answered.initial_metadata()
+            assert ("x-request-id", "req-ok-1") in answered.trailing_metadata()
             # Refused: the conversation is over its budget and truncation is off (the message names the input, not its text).
             long = convert.input_to_pb(sample("call-cancelled"))
             long.conversation.turns[0].text = (marker + " ") * 400

@@ -265,6 +265,9 @@ def test_a_rolling_restart_under_load_drops_no_call(tmp_path, hotel, tiny_llama_
         for t in callers:
             t.start()
         wait_for(lambda: done[0] >= 40, "calls before the restart")
+        # Both replicas answering: the clients' channels are connected to both (round robin), as in a
+        # deployment at steady state, before one goes away.
+        wait_for(lambda: b.core.serving is not None and b.core.serving.models["tiny-llama"].batcher.batches >= 8, "replica B to take calls")
         served["a"] = a.core.serving.models["tiny-llama"].batcher.batches
         a.stop(grace=10)  # what `mtserve serve` does on SIGTERM
         before = done[0]
