@@ -20,6 +20,7 @@ from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, Speaker, Text, TextPair, Turn, validate_input
 from mtserve.predictions import Answer, Timing
 from mtserve.records import (
+    AuditEntry,
     CheckpointInfo,
     CheckpointRecord,
     PolicyRecord,
@@ -330,6 +331,14 @@ def route_updates_to_pb(updates: Sequence[RouteUpdate], revision: int) -> rpb.Se
 
 def route_updates_from_pb(msg: rpb.SetRoutesResponse) -> tuple[list[RouteUpdate], int]:
     return [RouteUpdate(route_from_pb(u.route), u.changed) for u in msg.updates], msg.revision
+
+
+def audit_entry_to_pb(e: AuditEntry) -> rpb.AuditEntry:
+    return rpb.AuditEntry(revision=e.revision, at=e.at, actor=e.actor, action=e.action, target=e.target, reason=e.reason)
+
+
+def audit_entry_from_pb(msg: rpb.AuditEntry) -> AuditEntry:
+    return AuditEntry(msg.revision, msg.at, msg.actor, msg.action, msg.target, msg.reason)
 
 
 def history_to_pb(entries: Iterable[RouteHistoryEntry]) -> rpb.RouteHistory:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from mtserve.records import (
+    AuditEntry,
     CheckpointRecord,
     PolicyRecord,
     Registered,
@@ -71,14 +72,17 @@ class RegistryClient(ServiceClient):
         self.stub = rpb_grpc.RegistryStub(self.channel)
 
     # -- tasks -----------------------------------------------------------------------
-    def register_task(self, task: Task) -> Registered:
-        return convert.registered_from_pb(self._call(self.stub.RegisterTask, rpb.RegisterTaskRequest(task=convert.task_to_pb(task))))
+    # Every write takes `reason`, kept in the registry's audit log with the caller's token name.
+    def register_task(self, task: Task, *, reason: str = "") -> Registered:
+        request = rpb.RegisterTaskRequest(task=convert.task_to_pb(task), reason=reason)
+        return convert.registered_from_pb(self._call(self.stub.RegisterTask, request))
 
-    def apply_catalogue(self, catalogue: Catalogue) -> tuple[list[Registered], int]:
+    def apply_catalogue(self, catalogue: Catalogue, *, reason: str = "") -> tuple[list[Registered], int]:
         request = rpb.ApplyCatalogueRequest(
             catalogue=catalogue.name,
             tasks=[convert.task_to_pb(t) for t in catalogue.tasks],
             truncation=convert.policy_to_pb(PolicyRecord(catalogue.truncation, catalogue.name)),
+            reason=reason,
         )
         response = self._call(self.stub.ApplyCatalogue, request)
         return [convert.registered_from_pb(r) for r in response.results], response.revision
@@ -97,16 +101,16 @@ class RegistryClient(ServiceClient):
         )
         return [convert.task_record_from_pb(r) for r in self._call(self.stub.ListTasks, request).tasks]
 
-    def retire_task(self, name: str) -> TaskRecord:
-        return convert.task_record_from_pb(self._call(self.stub.RetireTask, rpb.RetireTaskRequest(name=name)))
+    def retire_task(self, name: str, *, reason: str = "") -> TaskRecord:
+        return convert.task_record_from_pb(self._call(self.stub.RetireTask, rpb.RetireTaskRequest(name=name, reason=reason)))
 
     def truncation_policy(self) -> PolicyRecord:
         return convert.policy_from_pb(self._call(self.stub.GetTruncationPolicy, rpb.GetTruncationPolicyRequest()))
 
     # -- checkpoints ------------------------------------------------------------------
-    def register_checkpoint(self, path: str, *, timeout: float | None = None) -> tuple[CheckpointRecord, bool]:
+    def register_checkpoint(self, path: str, *, timeout: float | None = None, reason: str = "") -> tuple[CheckpointRecord, bool]:
         """The registry hashes every file of the folder: a large model needs a longer timeout."""
-        response = self._call(self.stub.RegisterCheckpoint, rpb.RegisterCheckpointRequest(path=str(path)), timeout)
+        response = self._call(self.stub.RegisterCheckpoint, rpb.RegisterCheckpointRequest(path=str(path), reason=reason), timeout)
         return convert.checkpoint_from_pb(response.checkpoint), response.changed
 
     def get_checkpoint(self, checkpoint_id: str) -> CheckpointRecord:
@@ -136,6 +140,11 @@ class RegistryClient(ServiceClient):
 
     def route_history(self, task: str) -> list[RouteHistoryEntry]:
         return convert.history_from_pb(self._call(self.stub.GetRouteHistory, rpb.GetRouteHistoryRequest(task=task)))
+
+    def audit_log(self, limit: int = 100) -> list[AuditEntry]:
+        """The newest writes, newest first (operator role)."""
+        response = self._call(self.stub.GetAuditLog, rpb.GetAuditLogRequest(limit=limit))
+        return [convert.audit_entry_from_pb(e) for e in response.entries]
 
     # -- watch ------------------------------------------------------------------------------
     def watch(self, client: str = "") -> WatchStream:

@@ -31,6 +31,7 @@ ROLE_OF: dict[str, Role] = {
     "/mtserve.v1.Registry/GetCheckpoint": Role.OPERATOR,
     "/mtserve.v1.Registry/ListCheckpoints": Role.OPERATOR,
     "/mtserve.v1.Registry/GetRouteHistory": Role.OPERATOR,
+    "/mtserve.v1.Registry/GetAuditLog": Role.OPERATOR,
     "/mtserve.v1.Registry/Watch": Role.OPERATOR,
     # registry: writes
     "/mtserve.v1.Registry/RegisterTask": Role.ADMIN,

@@ -23,6 +23,7 @@ app.add_typer(checkpoints_app, name="checkpoints")
 
 RegistryOption = typer.Option(None, "--registry", help="Registry address HOST:PORT (default: settings registry.address).")
 JsonOption = typer.Option(False, "--json", help="Print JSON.")
+WriteReasonOption = typer.Option("", "--reason", help="Why: kept in the registry's audit log (`mtserve audit`).")
 
 
 def _client(address: str | None) -> Any:
@@ -52,6 +53,7 @@ def _table(title: str | None, columns: list[str], rows: list[list[str]]) -> None
 @tasks_app.command("apply")
 def tasks_apply(
     file: Path = typer.Option(..., "--file", "-f", help="Catalogue YAML (tasks and truncation budgets)."),
+    reason: str = WriteReasonOption,
     registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -61,7 +63,7 @@ def tasks_apply(
 
     catalogue = load_catalogue(file)  # validated here first: errors name the file's fields
     with _client(registry) as client:
-        results, revision = client.apply_catalogue(catalogue)
+        results, revision = client.apply_catalogue(catalogue, reason=reason)
     if as_json:
         _echo_json({"revision": revision, "tasks": [{"name": r.record.name, "version": r.record.version, "changed": r.changed} for r in results]})
         return
@@ -130,10 +132,12 @@ def tasks_show(
 
 
 @tasks_app.command("retire")
-def tasks_retire(name: str = typer.Argument(..., help="Task name."), registry: str | None = RegistryOption) -> None:
+def tasks_retire(
+    name: str = typer.Argument(..., help="Task name."), reason: str = WriteReasonOption, registry: str | None = RegistryOption
+) -> None:
     """Stop serving a task (it stays listed with --status retired; registering it again revives it)."""
     with _client(registry) as client:
-        record = client.retire_task(name)
+        record = client.retire_task(name, reason=reason)
     typer.echo(f"{record.name}\tv{record.version}\t{record.status.value}")
 
 
@@ -223,6 +227,23 @@ def routes_history(task: str = typer.Argument(..., help="Task name."), registry:
              e.rolled_back_at] for e in entries])
 
 
+@app.command("audit")
+def audit_cmd(
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000, help="How many writes, newest first."),
+    registry: str | None = RegistryOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The registry's newest writes: who (token name), when, what and why (operator role)."""
+    with _client(registry) as client:
+        entries = client.audit_log(limit)
+    if as_json:
+        _echo_json([{"revision": e.revision, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target, "reason": e.reason}
+                    for e in entries])
+        return
+    _table("registry audit log", ["revision", "at", "by", "action", "target", "reason"],
+           [[str(e.revision), e.at, e.actor or "-", e.action, e.target, e.reason] for e in entries])
+
+
 # -- checkpoints -------------------------------------------------------------------------------
 def _checkpoint_dict(c: Any, manifest: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"id": c.id, "kind": c.kind, "path": c.path, "manifest_sha256": c.manifest_sha256, "registered_at": c.registered_at}
@@ -235,6 +256,7 @@ def _checkpoint_dict(c: Any, manifest: bool = False) -> dict[str, Any]:
 def checkpoints_register(
     path: Path = typer.Argument(..., help="Checkpoint folder (with manifest.json), readable by the registry at the same path."),
     timeout: float | None = typer.Option(None, "--timeout", help="Deadline in seconds (the registry hashes every file)."),
+    reason: str = WriteReasonOption,
     registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -242,7 +264,9 @@ def checkpoints_register(
     # Sent absolute: a relative path would be read from the registry's working directory.
     folder = path.expanduser().resolve()
     with _client(registry) as client:
-        record, changed = client.register_checkpoint(str(folder), timeout=timeout or max(settings().registry.client_timeout_seconds, 600.0))
+        record, changed = client.register_checkpoint(
+            str(folder), timeout=timeout or max(settings().registry.client_timeout_seconds, 600.0), reason=reason
+        )
     if as_json:
         _echo_json({**_checkpoint_dict(record), "changed": changed})
         return

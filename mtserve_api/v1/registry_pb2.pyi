@@ -30,10 +30,12 @@ class TaskRecord(_message.Message):
     def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., latest_version: _Optional[int] = ..., created_at: _Optional[str] = ...) -> None: ...
 
 class RegisterTaskRequest(_message.Message):
-    __slots__ = ("task",)
+    __slots__ = ("task", "reason")
     TASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     task: _common_pb2.Task
-    def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RegisterTaskResponse(_message.Message):
     __slots__ = ("record", "changed")
@@ -44,14 +46,16 @@ class RegisterTaskResponse(_message.Message):
     def __init__(self, record: _Optional[_Union[TaskRecord, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class ApplyCatalogueRequest(_message.Message):
-    __slots__ = ("catalogue", "tasks", "truncation")
+    __slots__ = ("catalogue", "tasks", "truncation", "reason")
     CATALOGUE_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     catalogue: str
     tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
     truncation: _common_pb2.TruncationPolicy
-    def __init__(self, catalogue: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, _Mapping]] = ...) -> None: ...
+    reason: str
+    def __init__(self, catalogue: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ..., truncation: _Optional[_Union[_common_pb2.TruncationPolicy, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ApplyCatalogueResponse(_message.Message):
     __slots__ = ("results", "revision")
@@ -86,10 +90,12 @@ class ListTasksResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskRecord, _Mapping]]] = ...) -> None: ...
 
 class RetireTaskRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GetTruncationPolicyRequest(_message.Message):
     __slots__ = ()
@@ -112,10 +118,12 @@ class Checkpoint(_message.Message):
     def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., kind: _Optional[str] = ..., manifest_json: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., registered_at: _Optional[str] = ...) -> None: ...
 
 class RegisterCheckpointRequest(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "reason")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class RegisterCheckpointResponse(_message.Message):
     __slots__ = ("checkpoint", "changed")
@@ -238,6 +246,34 @@ class RouteHistory(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[RouteHistoryEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[RouteHistoryEntry, _Mapping]]] = ...) -> None: ...
+
+class GetAuditLogRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("revision", "at", "actor", "action", "target", "reason")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    reason: str
+    def __init__(self, revision: _Optional[int] = ..., at: _Optional[str] = ..., actor: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AuditLog(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("client",)

@@ -107,6 +107,11 @@ class RegistryStub:
                 request_serializer=mtserve_dot_v1_dot_registry__pb2.GetRouteHistoryRequest.SerializeToString,
                 response_deserializer=mtserve_dot_v1_dot_registry__pb2.RouteHistory.FromString,
                 _registered_method=True)
+        self.GetAuditLog = channel.unary_unary(
+                '/mtserve.v1.Registry/GetAuditLog',
+                request_serializer=mtserve_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
+                response_deserializer=mtserve_dot_v1_dot_registry__pb2.AuditLog.FromString,
+                _registered_method=True)
         self.Watch = channel.unary_stream(
                 '/mtserve.v1.Registry/Watch',
                 request_serializer=mtserve_dot_v1_dot_registry__pb2.WatchRequest.SerializeToString,
@@ -221,6 +226,13 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAuditLog(self, request, context):
+        """/ The newest writes to the registry: who, when, what and why (operator role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Watch(self, request, context):
         """/ A full snapshot of what serving needs, then one event per committed
         / change, until the caller cancels or the registry shuts down.
@@ -301,6 +313,11 @@ def add_RegistryServicer_to_server(servicer, server):
                     servicer.GetRouteHistory,
                     request_deserializer=mtserve_dot_v1_dot_registry__pb2.GetRouteHistoryRequest.FromString,
                     response_serializer=mtserve_dot_v1_dot_registry__pb2.RouteHistory.SerializeToString,
+            ),
+            'GetAuditLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditLog,
+                    request_deserializer=mtserve_dot_v1_dot_registry__pb2.GetAuditLogRequest.FromString,
+                    response_serializer=mtserve_dot_v1_dot_registry__pb2.AuditLog.SerializeToString,
             ),
             'Watch': grpc.unary_stream_rpc_method_handler(
                     servicer.Watch,
@@ -688,6 +705,33 @@ class Registry:
             '/mtserve.v1.Registry/GetRouteHistory',
             mtserve_dot_v1_dot_registry__pb2.GetRouteHistoryRequest.SerializeToString,
             mtserve_dot_v1_dot_registry__pb2.RouteHistory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mtserve.v1.Registry/GetAuditLog',
+            mtserve_dot_v1_dot_registry__pb2.GetAuditLogRequest.SerializeToString,
+            mtserve_dot_v1_dot_registry__pb2.AuditLog.FromString,
             options,
             channel_credentials,
             insecure,

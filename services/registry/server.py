@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mtserve.config import Settings, load_settings
+from mtserve.errors import ValidationError
 from mtserve.metrics_http import metrics_endpoint
 from mtserve.records import PolicyRecord, TaskStatus
 from mtserve.tasks import Channel, Taxonomy, TruncationPolicy, check_name
@@ -24,6 +25,7 @@ from services.registry.watch import watch_states
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["Registry"].full_name
+MAX_AUDIT_ENTRIES = 1000
 
 
 class RegistryServicer(rpb_grpc.RegistryServicer):
@@ -40,14 +42,16 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
     # -- tasks -----------------------------------------------------------------------
     def RegisterTask(self, request: rpb.RegisterTaskRequest, context: Any) -> rpb.RegisterTaskResponse:
         task = convert.task_from_pb(request.task, "task")
-        return convert.registered_to_pb(self.store.register_task(task, actor=current_caller()))
+        return convert.registered_to_pb(self.store.register_task(task, actor=current_caller(), reason=request.reason))
 
     def ApplyCatalogue(self, request: rpb.ApplyCatalogueRequest, context: Any) -> rpb.ApplyCatalogueResponse:
         name = check_name(request.catalogue, "catalogue")
         tasks = [convert.task_from_pb(t, f"tasks[{i}]") for i, t in enumerate(request.tasks)]
         # No policy in the request means the built-in budgets, recorded as set by this catalogue.
         policy = convert.policy_from_pb(request.truncation, "truncation").policy if request.HasField("truncation") else None
-        results, revision = self.store.apply_catalogue(tasks, PolicyRecord(policy or TruncationPolicy(), name), actor=current_caller())
+        results, revision = self.store.apply_catalogue(
+            tasks, PolicyRecord(policy or TruncationPolicy(), name), actor=current_caller(), reason=request.reason
+        )
         return rpb.ApplyCatalogueResponse(results=[convert.registered_to_pb(r) for r in results], revision=revision)
 
     def GetTask(self, request: rpb.GetTaskRequest, context: Any) -> rpb.TaskRecord:
@@ -63,14 +67,14 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
         return rpb.ListTasksResponse(tasks=[convert.task_record_to_pb(r) for r in records])
 
     def RetireTask(self, request: rpb.RetireTaskRequest, context: Any) -> rpb.TaskRecord:
-        return convert.task_record_to_pb(self.store.retire_task(request.name, actor=current_caller()))
+        return convert.task_record_to_pb(self.store.retire_task(request.name, actor=current_caller(), reason=request.reason))
 
     def GetTruncationPolicy(self, request: rpb.GetTruncationPolicyRequest, context: Any) -> Any:
         return convert.policy_to_pb(self.store.policy())
 
     # -- checkpoints ------------------------------------------------------------------
     def RegisterCheckpoint(self, request: rpb.RegisterCheckpointRequest, context: Any) -> rpb.RegisterCheckpointResponse:
-        record, changed = self.store.register_checkpoint(request.path, actor=current_caller())
+        record, changed = self.store.register_checkpoint(request.path, actor=current_caller(), reason=request.reason)
         return rpb.RegisterCheckpointResponse(checkpoint=convert.checkpoint_to_pb(record), changed=changed)
 
     def GetCheckpoint(self, request: rpb.GetCheckpointRequest, context: Any) -> rpb.Checkpoint:
@@ -99,6 +103,11 @@ class RegistryServicer(rpb_grpc.RegistryServicer):
 
     def GetRouteHistory(self, request: rpb.GetRouteHistoryRequest, context: Any) -> rpb.RouteHistory:
         return convert.history_to_pb(self.store.route_history(request.task))
+
+    def GetAuditLog(self, request: rpb.GetAuditLogRequest, context: Any) -> rpb.AuditLog:
+        if request.limit > MAX_AUDIT_ENTRIES:
+            raise ValidationError("limit", f"must be at most {MAX_AUDIT_ENTRIES}", request.limit)
+        return rpb.AuditLog(entries=[convert.audit_entry_to_pb(e) for e in self.store.audit_log(request.limit or 100)])
 
     # -- watch ---------------------------------------------------------------------------------
     def Watch(self, request: rpb.WatchRequest, context: Any) -> Iterator[rpb.WatchEvent]:

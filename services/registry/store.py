@@ -71,13 +71,15 @@ class _Tx:
     revision: int  # the revision this transaction commits as
     now: str
     actor: str = ""
+    reason: str = ""  # the caller's, for every change of the transaction
     changed: bool = False
     audit: list[tuple[str, str, str]] = field(default_factory=list)  # (action, target, reason)
 
-    def record(self, action: str, target: str, reason: str = "") -> None:
-        """Note a change for the audit log, written with the commit."""
+    def record(self, action: str, target: str, detail: str = "") -> None:
+        """Note a change for the audit log, written with the commit; its
+        reason is the caller's, after what the store adds (`detail`)."""
         self.changed = True
-        self.audit.append((action, target, reason))
+        self.audit.append((action, target, "; ".join(r for r in (detail, self.reason) if r)))
 
 
 class RegistryStore:
@@ -110,23 +112,23 @@ class RegistryStore:
                 yield conn
 
     @contextmanager
-    def _write(self, actor: str = "") -> Iterator[_Tx]:
+    def _write(self, actor: str = "", reason: str = "") -> Iterator[_Tx]:
         with self.engine.connect() as conn:
             conn = conn.execution_options(**{db.WRITE: True})
             tx = conn.begin()
             try:
                 conn.execute(update(t.registry_state).where(t.registry_state.c.id == 1).values(revision=t.registry_state.c.revision + 1))
                 revision = conn.execute(select(t.registry_state.c.revision).where(t.registry_state.c.id == 1)).scalar_one()
-                state = _Tx(conn, int(revision), utcnow(), actor)
+                state = _Tx(conn, int(revision), utcnow(), actor, reason)
                 yield state
             except BaseException:
                 tx.rollback()
                 raise
             if state.changed:
                 conn.execute(update(t.registry_state).where(t.registry_state.c.id == 1).values(updated_at=state.now))
-                for action, target, reason in state.audit:
+                for action, target, why in state.audit:
                     conn.execute(t.audit_log.insert().values(
-                        revision=state.revision, at=state.now, actor=actor, action=action, target=target, reason=reason))
+                        revision=state.revision, at=state.now, actor=actor, action=action, target=target, reason=why))
                 tx.commit()
                 with self.changed:
                     self.changed.notify_all()
@@ -143,18 +145,20 @@ class RegistryStore:
 
     # -- tasks ------------------------------------------------------------------------
     # Every write takes `actor`, the caller's token name, for the audit log.
-    def register_task(self, task: Task, *, actor: str = "") -> Registered:
-        with self._write(actor) as tx:
+    def register_task(self, task: Task, *, actor: str = "", reason: str = "") -> Registered:
+        with self._write(actor, reason) as tx:
             return self._register(tx, task)
 
-    def apply_catalogue(self, tasks: Sequence[Task], policy: PolicyRecord, *, actor: str = "") -> tuple[list[Registered], int]:
+    def apply_catalogue(
+        self, tasks: Sequence[Task], policy: PolicyRecord, *, actor: str = "", reason: str = ""
+    ) -> tuple[list[Registered], int]:
         """Register every task and set the truncation policy, in one transaction."""
         seen: dict[str, int] = {}
         for i, task in enumerate(tasks):
             if task.name in seen:
                 raise ValidationError(f"tasks[{i}].name", f"duplicate task name (also tasks[{seen[task.name]}])", task.name)
             seen[task.name] = i
-        with self._write(actor) as tx:
+        with self._write(actor, reason) as tx:
             results = [self._register(tx, task) for task in tasks]
             current = self._policy(tx.conn)
             if current != policy:
@@ -242,9 +246,9 @@ class RegistryStore:
             out.append(record)
         return out
 
-    def retire_task(self, name: str, *, actor: str = "") -> TaskRecord:
+    def retire_task(self, name: str, *, actor: str = "", reason: str = "") -> TaskRecord:
         check_name(name, "name")
-        with self._write(actor) as tx:
+        with self._write(actor, reason) as tx:
             record = self._record(tx.conn, name)
             if record.status is not TaskStatus.RETIRED:
                 tx.conn.execute(update(t.tasks).where(t.tasks.c.name == name).values(status=TaskStatus.RETIRED.value, updated_at=tx.now))
@@ -264,7 +268,7 @@ class RegistryStore:
         return PolicyRecord(TruncationPolicy.from_list(json.loads(row.truncation_json), "stored truncation"), row.truncation_source)
 
     # -- checkpoints --------------------------------------------------------------------
-    def register_checkpoint(self, path: str | Path, *, actor: str = "") -> tuple[CheckpointRecord, bool]:
+    def register_checkpoint(self, path: str | Path, *, actor: str = "", reason: str = "") -> tuple[CheckpointRecord, bool]:
         """Verify the folder's manifest and every file hash, then record it.
         The same manifest again is a no-op (the path is updated if the folder
         moved); another manifest under a registered id is refused: checkpoints
@@ -286,7 +290,7 @@ class RegistryStore:
             raise
         manifest_json = (folder / MANIFEST).read_text(encoding="utf-8")
         digest = manifest_sha256(folder)
-        with self._write(actor) as tx:
+        with self._write(actor, reason) as tx:
             row = tx.conn.execute(select(t.checkpoints).where(t.checkpoints.c.id == manifest.id)).one_or_none()
             if row is not None:
                 if row.manifest_sha256 != digest:

@@ -87,3 +87,27 @@ def test_path_errors_quote_the_callers_string_and_no_server_path(registry, tmp_p
         assert details.startswith(f"path: {rule} (got "), (value, details)
         for server_path in (str(Path.home()), str(Path.cwd())):
             assert server_path not in details.replace(value[:100], ""), (value, details)
+
+
+def test_every_write_keeps_its_reason_and_operators_read_the_log_remotely(registry, hotel, tiny_llama_dir, session_home, tmp_path):
+    service, client, alice = registry
+    client.apply_catalogue(hotel, reason="ticket OPS-1: the hotel catalogue")
+    checkpoint = client.register_checkpoint(str(tiny_llama_dir), reason="ticket OPS-2: the tiny model")[0].id
+    client.retire_task("hs", reason="ticket OPS-3: hs moves to its own model")
+    log = client.audit_log(500)  # over gRPC, newest first
+    assert [(e.action, e.target, e.reason) for e in log[:2]] == [
+        ("retire_task", "hs", "ticket OPS-3: hs moves to its own model"),
+        ("register_checkpoint", checkpoint, f"{Path(tiny_llama_dir).resolve()}; ticket OPS-2: the tiny model"),
+    ]
+    assert {e.reason for e in log if e.action in ("register_task", "set_policy")} == {"ticket OPS-1: the hotel catalogue"}
+    assert all(e.actor == alice for e in log) and log == service.store.audit_log(500)
+    # Operators read it; clients do not.
+    from mtserve_api.client import RemotePermissionDenied
+
+    address = client.address
+    operator = TokenStore(session_home).create(f"audit-op-{tmp_path.name}"[:60], Role.OPERATOR)
+    with RegistryClient(address, timeout=20, token=operator) as as_operator:
+        assert as_operator.audit_log(1) == log[:1]
+    reader = TokenStore(session_home).create(f"audit-client-{tmp_path.name}"[:60], Role.CLIENT)
+    with RegistryClient(address, timeout=20, token=reader) as as_client, pytest.raises(RemotePermissionDenied):
+        as_client.audit_log(1)
