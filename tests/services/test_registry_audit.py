@@ -111,3 +111,19 @@ def test_every_write_keeps_its_reason_and_operators_read_the_log_remotely(regist
     reader = TokenStore(session_home).create(f"audit-client-{tmp_path.name}"[:60], Role.CLIENT)
     with RegistryClient(address, timeout=20, token=reader) as as_client, pytest.raises(RemotePermissionDenied):
         as_client.audit_log(1)
+
+
+def test_mtserve_audit_prints_the_log(registry, hotel, capsys):
+    import json
+
+    from mtserve_cli import main
+
+    _, client, _ = registry
+    client.apply_catalogue(hotel, reason="for the CLI")
+    main(["audit", "--registry", client.address, "--limit", "3", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3 and {r["reason"] for r in rows} == {"for the CLI"}  # the session's admin token reads it
+    main(["tasks", "retire", "hs", "--reason", "from the CLI", "--registry", client.address])
+    capsys.readouterr()
+    main(["audit", "--registry", client.address, "-n", "1", "--json"])
+    assert json.loads(capsys.readouterr().out)[0]["reason"] == "from the CLI"
