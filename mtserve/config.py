@@ -8,6 +8,7 @@ Environment variables use `__` between a section and its key:
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,17 @@ def mtserve_home() -> Path:
     """Root of everything mtserve writes by default (checkpoints, databases,
     caches). `MTSERVE_HOME` overrides it."""
     return Path(os.environ.get("MTSERVE_HOME") or DEFAULT_HOME).expanduser()
+
+
+def is_loopback(address: str) -> bool:
+    """Is `address` (HOST:PORT) one only this machine can reach?"""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Section(BaseModel):

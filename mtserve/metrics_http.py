@@ -19,8 +19,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from mtserve.auth import Role, TokenStore
-from mtserve.errors import UnavailableError
+from mtserve.auth import Role, TokenStore, ensure_local_admin
+from mtserve.config import is_loopback
+from mtserve.errors import PreconditionError, UnavailableError
 
 
 @dataclass(frozen=True)
@@ -91,30 +92,15 @@ def metrics_endpoint(settings: Any, component: str, address: str) -> MetricsEndp
     """Where a component serves metrics ("": nowhere), with its gRPC port's
     protection: TLS when tls.enabled, an operator token when auth is on. A
     non-loopback address needs both."""
-    from mtserve.auth import ensure_local_admin
-
     if not address:
         return None
-    host = address.rsplit(":", 1)[0].strip("[]")
-    loopback = host == "localhost" or _is_loopback_ip(host)
-    if not loopback and not (settings.tls.enabled and settings.auth.enabled):
-        from mtserve.errors import PreconditionError
-
+    if not is_loopback(address) and not (settings.tls.enabled and settings.auth.enabled):
         raise PreconditionError(f"{component}.metrics_address {address} is not a loopback address: it needs tls.enabled and auth.enabled")
     tokens = None
     if settings.auth.enabled:
         ensure_local_admin(settings.home)
         tokens = TokenStore(settings.home)
     return MetricsEndpoint(address, tokens, settings.server_tls_files())
-
-
-def _is_loopback_ip(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 __all__ = ["MetricsEndpoint", "MetricsServer", "metrics_endpoint"]

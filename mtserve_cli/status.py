@@ -5,6 +5,7 @@ any of them is unreachable or not serving, so scripts can gate on it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,45 +40,47 @@ def health_and_version(address: str, service: str, s: Any) -> tuple[str, str]:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status), str(version)
 
 
-def registry_status(address: str, s: Any) -> Component:
+def service_status(kind: str, address: str, service: str, s: Any, state: Callable[[], dict[str, Any]]) -> Component:
+    """A gRPC service's health and release, and `state()` (what it holds)
+    when it answers; a failure of either is this component's, reported."""
     from mtserve.errors import MtserveError
-    from mtserve_api.registry import RegistryClient
 
     try:
-        health, version = health_and_version(address, REGISTRY_SERVICE, s)
-    except MtserveError as exc:  # no CA to trust, a token that cannot be read: this component's problem only
-        return Component("registry", address, "ERROR", detail={"error": str(exc)})
-    component = Component("registry", address, health, version)
-    if health == "SERVING":
+        health, version = health_and_version(address, service, s)
+    except MtserveError as exc:  # no CA to trust, a token that cannot be read
+        return Component(kind, address, "ERROR", detail={"error": str(exc)})
+    component = Component(kind, address, health, version)
+    if health != "UNREACHABLE":
         try:
-            with RegistryClient(address, timeout=10, settings=s) as client:
-                routes, revision = client.get_routes()
-                component.detail = {"revision": revision, "tasks": len(client.list_tasks()), "routes": len(routes)}
+            component.detail = state()
         except MtserveError as exc:
             component.detail = {"error": str(exc)}
     return component
+
+
+def registry_status(address: str, s: Any) -> Component:
+    from mtserve_api.registry import RegistryClient
+
+    def state() -> dict[str, Any]:
+        with RegistryClient(address, timeout=10, settings=s) as client:
+            routes, revision = client.get_routes()
+            return {"revision": revision, "tasks": len(client.list_tasks()), "routes": len(routes)}
+
+    return service_status("registry", address, REGISTRY_SERVICE, s, state)
 
 
 def inference_status(address: str, s: Any) -> Component:
-    from mtserve.errors import MtserveError
     from mtserve_api.inference import InferenceClient
 
-    try:
-        health, version = health_and_version(address, INFERENCE_SERVICE, s)
-    except MtserveError as exc:  # no CA to trust, a token that cannot be read: this component's problem only
-        return Component("inference", address, "ERROR", detail={"error": str(exc)})
-    component = Component("inference", address, health, version)
-    if health != "UNREACHABLE":
-        try:
-            with InferenceClient(address, timeout=10, settings=s) as client:
-                info = client.model_info()
-            component.detail = {
-                "registry_revision": info.registry_revision, "registry_connected": info.registry_connected,
-                "loaded": [c.id for c in info.checkpoints if c.loaded], "queue_depth": info.queue_depth,
-            }
-        except MtserveError as exc:
-            component.detail = {"error": str(exc)}
-    return component
+    def state() -> dict[str, Any]:
+        with InferenceClient(address, timeout=10, settings=s) as client:
+            info = client.model_info()
+        return {
+            "registry_revision": info.registry_revision, "registry_connected": info.registry_connected,
+            "loaded": [c.id for c in info.checkpoints if c.loaded], "queue_depth": info.queue_depth,
+        }
+
+    return service_status("inference", address, INFERENCE_SERVICE, s, state)
 
 
 def workers_status(s: Any) -> Component:

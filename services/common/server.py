@@ -20,7 +20,6 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from typing import Any
@@ -30,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mtserve.auth import TokenStore, ensure_local_admin
-from mtserve.config import Settings
+from mtserve.config import Settings, is_loopback
 from mtserve.errors import (
     IntegrityError,
     MtserveError,
@@ -43,7 +42,7 @@ from mtserve.errors import (
 from mtserve.metrics_http import MetricsEndpoint, MetricsServer
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
-from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, loggable, request_id_from, set_request_id
+from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, current_request_id, loggable, request_id_from, set_request_id
 from services.common.metrics import REFUSED, RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS
 
 log = logging.getLogger(__name__)
@@ -196,7 +195,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             raise exc  # the servicer aborted on purpose: keep its status
         code = status_of(exc) if isinstance(exc, MtserveError) else None
         if code is None:
-            ref = uuid.uuid4().hex[:12]
+            ref = current_request_id()  # the call's one id: the caller quotes it, the log lines carry it
             log.error("%s %s failed (error id %s)", self.service, method, ref, exc_info=exc)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (error id {ref}; details are in the server log)")
         log.info("%s %s -> %s: %s", self.service, method, code.name, loggable(exc))  # type: ignore[union-attr]
@@ -342,17 +341,6 @@ def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
         if getattr(handler, kind) is not None:
             return make(refuse, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
     return None
-
-
-def is_loopback(address: str) -> bool:
-    """Is `address` (HOST:PORT) one only this machine can reach?"""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def server_tls(settings: Settings, service: str, address: str) -> ServerPems | None:
