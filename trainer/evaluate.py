@@ -441,7 +441,7 @@ class Trivial:
         return None if self.eval is None else self.eval.value.value
 
 
-def _constant_records(task: Task, examples: Sequence[Example], answer: str | tuple[str, ...]) -> list[ExampleRecord]:
+def _constant_records(task: Task, examples: Sequence[Example] | Sequence[ExampleRecord], answer: str | tuple[str, ...]) -> list[ExampleRecord]:
     records = []
     for ex in examples:
         gold = ex.gold
@@ -491,6 +491,14 @@ def trivial_baseline(task: Task, train: Sequence[Example], dev: Sequence[Example
     return Trivial(rule, answer_out, summarize(task, _constant_records(task, dev, answer_out), split=split, checkpoint="trivial"))
 
 
+def trivial_on(task: Task, trivial: Trivial, scored: TaskEval) -> TaskEval | None:
+    """The same constant answer scored on the examples of another evaluation
+    (the test split of a baseline), so both splits have their trivial row."""
+    if trivial.answer is None:
+        return None
+    return summarize(task, _constant_records(task, scored.records, trivial.answer), split=scored.split, checkpoint="trivial")
+
+
 def is_degenerate(baseline: TaskEval, trivial: Trivial) -> bool:
     """A baseline that does not beat its trivial baseline on the primary metric:
     a gate against it says little."""
@@ -510,4 +518,5 @@ __all__ = [
     "statistic_from_records",
     "summarize",
     "trivial_baseline",
+    "trivial_on",
 ]

@@ -46,6 +46,7 @@ from trainer.qualify import THRESHOLD, Qualification, Verdict, format_overhead, 
 METHODS: dict[str, str] = {
     "single_task": "Single-task",
     "zero_shot": "Zero-shot",
+    "trivial": "Trivial (majority)",
     "instance_balanced": "Instance-balanced",
     "class_balanced": "Class-balanced",
     "temperature": "Temperature-scaled",

@@ -163,25 +163,31 @@ class RunStore:
         return out
 
 
-def run_results(results: Sequence[Mapping[str, Any]], *, model: str | None = None) -> list[Any]:
+def run_results(results: Sequence[Mapping[str, Any]], *, model: str | None = None, split: str = "dev") -> list[Any]:
     """Finished run results (RunStore.finished()) as trainer.report.RunResult
     rows: a single-task run gives a `single_task` row and a `zero_shot` row (its
-    step-0 evaluation), a multi-task run a row of its method. `model` defaults
-    to each run's base checkpoint id, so tables split by base model."""
+    step-0 evaluation; dev only), a multi-task run a row of its method. `model`
+    defaults to each run's base checkpoint id, so tables split by base model.
+    `split="test"`: the test evaluations of the same (dev-selected) checkpoints,
+    for runs that scored test (`eval.test`)."""
     from trainer.evaluate import TaskEval
     from trainer.report import RunResult
 
     out = []
     for r in results:
         base = model if model is not None else (r.get("base") or {}).get("id", "")
+        scored = r.get(split)
+        if not scored:
+            continue
         if r.get("kind") == "single_task":
             task = r["task"]
-            out.append(RunResult("single_task", task, {task: TaskEval.from_dict(r["dev"])}, checkpoint=r["checkpoint"]["id"],
+            out.append(RunResult("single_task", task, {task: TaskEval.from_dict(scored)}, checkpoint=r["checkpoint"]["id"],
                                  model=base, extra={"run": r["run_id"], "selected": r.get("selected")}))
-            out.append(RunResult("zero_shot", task, {task: TaskEval.from_dict(r["zero_shot"])}, checkpoint=base or None,
-                                 model=base, extra={"run": r["run_id"]}))
+            if split == "dev":
+                out.append(RunResult("zero_shot", task, {task: TaskEval.from_dict(r["zero_shot"])}, checkpoint=base or None,
+                                     model=base, extra={"run": r["run_id"]}))
         elif r.get("kind") == "multi_task":
-            out.append(RunResult(r["method"], r["group"], {n: TaskEval.from_dict(v) for n, v in r["dev"].items()},
+            out.append(RunResult(r["method"], r["group"], {n: TaskEval.from_dict(v) for n, v in scored.items()},
                                  checkpoint=r["checkpoint"]["id"], model=base, extra={"run": r["run_id"], "job": r.get("job")}))
     return out
 

