@@ -61,13 +61,14 @@ def _split(names: Sequence[str]) -> list[str] | None:
 def _check_broker(s: Settings) -> None:
     """Fail with a hint rather than hang when Redis is not there."""
     import redis
+    from kombu.utils.url import maybe_sanitize_url
 
     try:
         redis.Redis.from_url(s.batch.broker_url, socket_connect_timeout=3, socket_timeout=3).ping()
     except redis.RedisError as exc:
-        fail(
-            f"cannot reach the Celery broker at {s.batch.broker_url} ({exc}). Start Redis (`redis-server --daemonize yes`) "
-            "or point batch.broker_url (MTSERVE_BATCH__BROKER_URL) at one."
+        fail(  # the URL without its password: this goes to a terminal and CI logs
+            f"cannot reach the Celery broker at {maybe_sanitize_url(s.batch.broker_url)} ({exc}). Start Redis "
+            "(`redis-server --daemonize yes`) or point batch.broker_url (MTSERVE_BATCH__BROKER_URL) at one."
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -117,24 +118,39 @@ class _Demo:
         self.procs.clear()
 
 
-def _ensure_redis(demo: _Demo, url: str) -> subprocess.Popen | None:
-    """The broker: the configured Redis if it answers, else a private
-    redis-server started for the demo, else a clear way out."""
-    if _redis_ok(url):
+def _ensure_redis(demo: _Demo, url: str | None) -> subprocess.Popen | None:
+    """The broker, always behind a password: the one MTSERVE_BATCH__BROKER_URL
+    names (the caller's choice), else the one scripts/setup.sh started
+    (mtserve.localdev), else a private redis-server started for the demo with
+    a password of its own, else a clear way out."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    from mtserve.localdev import local_services
+
+    if url is not None:
+        if not _redis_ok(url):
+            raise SystemExit(f"no Redis answers at MTSERVE_BATCH__BROKER_URL={maybe_sanitize_url(url)}")
+        return None
+    local = local_services().get("LOCAL_REDIS_URL")
+    if local and _redis_ok(local):
+        demo.env["MTSERVE_BATCH__BROKER_URL"] = local
         return None
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit(
-            f"no Redis answers at {url} and redis-server is not installed.\n"
-            "Start one (`apt-get install redis-server && redis-server --daemonize yes`) or point "
-            "MTSERVE_BATCH__BROKER_URL at one, then run the demo again."
+            "no Redis from scripts/setup.sh answers and redis-server is not installed.\n"
+            "Run scripts/setup.sh (it starts one), or point MTSERVE_BATCH__BROKER_URL at one, then run the demo again."
         )
     port = _free_port()
-    demo.say(f"no Redis at {url}: starting a private redis-server on port {port}")
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    password = secrets.token_hex(16)
+    conf = demo.ws / "redis.conf"  # the password in an owner-only file, not on the command line
+    conf.touch(mode=0o600)
+    conf.write_text(f"requirepass {password}\n", encoding="utf-8")
+    demo.say(f"no Redis from scripts/setup.sh: starting a private, password-protected redis-server on port {port}")
+    proc = subprocess.Popen([server, str(conf), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     demo.procs.append(("redis", proc))
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     for _ in range(50):
         if _redis_ok(url):
             demo.env["MTSERVE_BATCH__BROKER_URL"] = url
@@ -199,7 +215,7 @@ def demo(
         checkpoint_dir = _checkpoint(d, base_dir, train=train, zero_shot=zero_shot)
 
         d.say("4/7 registry, inference and a Celery worker, as real processes")
-        _ensure_redis(d, d.env.get("MTSERVE_BATCH__BROKER_URL", s.batch.broker_url))
+        _ensure_redis(d, d.env.get("MTSERVE_BATCH__BROKER_URL"))
         d.start("registry", "serve", "registry")
         d.wait_serving("registry", registry)
         d.mtserve("tasks", "apply", "-f", str(PACKAGE / "catalogues" / "hotel.yaml"))

@@ -52,35 +52,54 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# Redis for the Celery broker: use the one that answers, else start a local one.
-if ! .venv/bin/python - <<'PY' >/dev/null 2>&1
-import os, redis
-redis.Redis.from_url(os.environ.get("MTSERVE_BATCH__BROKER_URL", "redis://127.0.0.1:6379/0"), socket_timeout=2).ping()
-PY
-then
+# Redis and PostgreSQL for the tests and the demo: the project's own, on
+# loopback, each behind a password (a configuration we ship never talks to an
+# open server; the machine's own, if any, are not used). Their passwords live
+# in $LOCAL_STATE (owner-only), and services.env there holds the two URLs that
+# tests/conftest.py and the demo read. Ports: LOCAL_REDIS_PORT (6380) and
+# LOCAL_PG_PORT (5433).
+LOCAL_STATE=${TMPDIR:-/tmp}/mtserve-local-$(id -u)
+REDIS_PORT=${LOCAL_REDIS_PORT:-6380}
+PG_PORT=${LOCAL_PG_PORT:-5433}
+mkdir -p "$LOCAL_STATE" && chmod 700 "$LOCAL_STATE"
+secret() {  # a password made once and kept: a server started earlier still has it
+  [ -s "$1" ] || (umask 077 && .venv/bin/python -c 'import secrets; print(secrets.token_hex(24))' >"$1")
+  cat "$1"
+}
+REDIS_PASSWORD=$(secret "$LOCAL_STATE/redis.password")
+PG_PASSWORD=$(secret "$LOCAL_STATE/postgres.password")
+REDIS_URL="redis://:$REDIS_PASSWORD@127.0.0.1:$REDIS_PORT/0"
+PG_URL="postgresql+psycopg://mtserve:$PG_PASSWORD@127.0.0.1:$PG_PORT/test"
+
+redis_ready() {
+  REDIS_URL="$REDIS_URL" .venv/bin/python -c 'import os, redis; redis.Redis.from_url(os.environ["REDIS_URL"], socket_timeout=2).ping()' >/dev/null 2>&1
+}
+if ! redis_ready; then
   if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing redis-server (Debian package)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null 2>&1 || true
   fi
   if command -v redis-server >/dev/null 2>&1; then
-    say "starting a local redis-server on 127.0.0.1:6379"
-    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+    say "starting a password-protected redis-server on 127.0.0.1:$REDIS_PORT"
+    # the password in a config file, not on the command line (where ps shows it)
+    (umask 077 && printf 'port %s\nbind 127.0.0.1\nrequirepass %s\nsave ""\nappendonly no\ndaemonize yes\ndir %s\nlogfile %s\npidfile %s\n' \
+      "$REDIS_PORT" "$REDIS_PASSWORD" "$LOCAL_STATE" "$LOCAL_STATE/redis.log" "$LOCAL_STATE/redis.pid" >"$LOCAL_STATE/redis.conf")
+    redis-server "$LOCAL_STATE/redis.conf" >/dev/null
+    for _ in $(seq 50); do redis_ready && break; sleep 0.1; done
+    redis_ready || say "the private Redis did not answer (see $LOCAL_STATE/redis.log): the batch tests will fail"
   else
-    say "no Redis answers on 127.0.0.1:6379 and redis-server is not installed: the batch tests will fail (apt-get install redis-server)"
+    say "redis-server is not installed and cannot be: the batch tests will fail (apt-get install redis-server)"
   fi
 fi
 
-# PostgreSQL for the registry and results tests (the README's test command
-# runs them): use the one that answers, else start a private cluster with
-# trust auth on loopback, in a folder of its own outside the repository.
-PG_PORT=${MTSERVE_PG_PORT:-5432}
+# PostgreSQL: a private cluster, password (scram-sha-256) on TCP; its Unix
+# socket sits in the owner-only data folder, where setup sets the password.
 pg_ready() {
-  .venv/bin/python - "$PG_PORT" <<'PY' >/dev/null 2>&1
-import sys, psycopg
-with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="postgres", dbname="postgres", connect_timeout=3, autocommit=True) as conn:
-    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'test'").fetchone():
-        conn.execute("CREATE DATABASE test")
-PY
+  PG_URL="$PG_URL" .venv/bin/python -c '
+import os, sqlalchemy
+engine = sqlalchemy.create_engine(os.environ["PG_URL"], connect_args={"connect_timeout": 3})
+with engine.connect() as conn:
+    conn.execute(sqlalchemy.text("SELECT 1"))' >/dev/null 2>&1
 }
 if ! pg_ready; then
   initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
@@ -91,20 +110,28 @@ if ! pg_ready; then
     initdb=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)
   fi
   if [ -n "$initdb" ]; then
-    pgdata=${MTSERVE_PG_DIR:-${TMPDIR:-/tmp}/mtserve-postgres-$PG_PORT}
+    pgbin=$(dirname "$initdb")
+    pgdata=${TMPDIR:-/tmp}/mtserve-postgres-$PG_PORT
     as_pg=(); [ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)  # the server refuses to run as root
-    say "starting a private PostgreSQL on 127.0.0.1:$PG_PORT ($pgdata)"
+    say "starting a private, password-protected PostgreSQL on 127.0.0.1:$PG_PORT ($pgdata)"
     if [ ! -s "$pgdata/PG_VERSION" ]; then
       mkdir -p "$pgdata" && { [ "$(id -u)" != 0 ] || chown postgres "$pgdata"; }
-      "${as_pg[@]}" "$initdb" -D "$pgdata" -U postgres -A trust >/dev/null
+      "${as_pg[@]}" "$initdb" -D "$pgdata" -U postgres --auth-local=trust --auth-host=scram-sha-256 >/dev/null
     fi
-    "${as_pg[@]}" "$(dirname "$initdb")/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
-      -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $pgdata" start >/dev/null
+    "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w status >/dev/null 2>&1 ||
+      "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $pgdata" start >/dev/null
+    psql=("${as_pg[@]}" "$pgbin/psql" -h "$pgdata" -p "$PG_PORT" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1)
+    # the role and database once; the password every time (it may have been made anew)
+    "${psql[@]}" -c "SELECT 1 FROM pg_roles WHERE rolname = 'mtserve'" | grep -q 1 || "${psql[@]}" -c "CREATE ROLE mtserve LOGIN"
+    "${psql[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 || "${psql[@]}" -c "CREATE DATABASE test OWNER mtserve"
+    printf "ALTER ROLE mtserve PASSWORD '%s';\n" "$PG_PASSWORD" | "${psql[@]}" >/dev/null
     pg_ready || say "the private PostgreSQL did not answer (see $pgdata/server.log): the PostgreSQL tests will fail"
   else
-    say "no PostgreSQL answers on 127.0.0.1:$PG_PORT and none can be installed: the PostgreSQL tests will fail"
+    say "PostgreSQL is not installed and cannot be: the PostgreSQL tests will fail"
   fi
 fi
+(umask 077 && printf 'LOCAL_REDIS_URL=%s\nLOCAL_POSTGRES_URL=%s\n' "$REDIS_URL" "$PG_URL" >"$LOCAL_STATE/services.env")
 
 say "preparing the default model (SmolLM2-135M-Instruct, once)"
 if ! out=$(.venv/bin/mtserve models prepare-default 2>&1); then

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .   # ruff's default rules plus import sorting (pyproject [tool.ruff])
 .venv/bin/mypy           # the whole tree; every function typed in the core and the API floor
-TEST_REQUIRE_POSTGRES=1 exec .venv/bin/pytest -m "not bench" "$@"
+TEST_REQUIRE_SERVICES=1 exec .venv/bin/pytest -m "not bench" "$@"

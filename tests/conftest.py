@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
+from mtserve.localdev import local_services
 from mtserve.tasks import Catalogue, builtin_catalogue_path, load_catalogue
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -30,11 +32,17 @@ def _isolated_home(session_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
-# scripts/setup.sh makes sure one answers here (the machine's, or a private
-# cluster it starts); scripts/test.sh sets TEST_REQUIRE_POSTGRES=1, so under
-# the README's test command an unreachable server fails the PostgreSQL tests
-# instead of skipping them. A bare `pytest` elsewhere skips them.
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# scripts/setup.sh starts a private, password-protected cluster and writes its
+# URL where mtserve.localdev reads it (TEST_POSTGRES_URL overrides);
+# scripts/test.sh sets TEST_REQUIRE_SERVICES=1, so under the README's test
+# command an unreachable server fails the PostgreSQL and Redis tests instead
+# of skipping them. A bare `pytest` elsewhere skips them.
+POSTGRES_URL = (os.environ.get("TEST_POSTGRES_URL") or local_services().get("LOCAL_POSTGRES_URL")
+                or "postgresql+psycopg://mtserve@127.0.0.1:5433/test")
+
+
+def services_required() -> bool:
+    return os.environ.get("TEST_REQUIRE_SERVICES") == "1"
 
 
 def _postgres_problem() -> str | None:
@@ -57,9 +65,9 @@ def postgres_url() -> Iterator[str]:
     (search_path set in the URL), dropped with everything in it afterwards."""
     problem = _postgres_problem()
     if problem:
-        message = f"PostgreSQL at {POSTGRES_URL} is unreachable ({problem})"
-        if os.environ.get("TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message + "; TEST_REQUIRE_POSTGRES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
+        message = f"PostgreSQL at {make_url(POSTGRES_URL).render_as_string(hide_password=True)} is unreachable ({problem})"
+        if services_required():
+            pytest.fail(message + "; TEST_REQUIRE_SERVICES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
         pytest.skip(message)
     from sqlalchemy import create_engine, text
 

@@ -12,6 +12,7 @@ stopped by the fixture (process group, SIGTERM then SIGKILL), pass or fail.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,12 +24,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+from kombu.utils.url import maybe_sanitize_url as redact
 
 from mtserve.config import Settings, load_settings
+from mtserve.localdev import local_services
 
-MACHINE_REDIS = "redis://127.0.0.1:6379/13"  # a DB number of its own; keys are prefixed per test anyway
+# scripts/setup.sh's password-protected Redis (mtserve.localdev; TEST_REDIS_URL
+# overrides), on a DB number of its own; keys are prefixed per test anyway.
+LOCAL_REDIS = urlsplit(os.environ.get("TEST_REDIS_URL") or local_services().get("LOCAL_REDIS_URL")
+                       or "redis://127.0.0.1:6380/0")._replace(path="/13").geturl()
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -182,7 +189,7 @@ def make_env(
     root: Path,
     checkpoint: Path,
     *,
-    broker_url: str = MACHINE_REDIS,
+    broker_url: str = LOCAL_REDIS,
     database_url: str | None = None,
     extra_env: dict[str, str] | None = None,
     **batch: Any,
@@ -241,16 +248,19 @@ def wait_for() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
-def machine_redis() -> str:
-    problem = redis_reachable(MACHINE_REDIS)
+def local_redis() -> str:
+    problem = redis_reachable(LOCAL_REDIS)
     if problem:
-        pytest.skip(f"Redis on 127.0.0.1:6379 is unreachable ({problem}); the Celery tests need it")
-    return MACHINE_REDIS
+        message = f"Redis at {redact(LOCAL_REDIS)} is unreachable ({problem}); the Celery tests need it"
+        if os.environ.get("TEST_REQUIRE_SERVICES") == "1":
+            pytest.fail(message + "; TEST_REQUIRE_SERVICES=1 (scripts/test.sh) requires it: run scripts/setup.sh")
+        pytest.skip(message)
+    return LOCAL_REDIS
 
 
 @pytest.fixture
-def batch_env(tmp_path: Path, tiny_llama_dir: Path, machine_redis: str) -> Iterator[BatchEnv]:
-    env = make_env(tmp_path / "batch", tiny_llama_dir, broker_url=machine_redis)
+def batch_env(tmp_path: Path, tiny_llama_dir: Path, local_redis: str) -> Iterator[BatchEnv]:
+    env = make_env(tmp_path / "batch", tiny_llama_dir, broker_url=local_redis)
     try:
         yield env
     finally:
@@ -266,18 +276,21 @@ class OwnRedis:
     def __init__(self, folder: Path):
         self.folder = folder
         self.port = free_port()
+        self.password = secrets.token_hex(16)  # a password, as every Redis the project starts
         self.proc: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self) -> OwnRedis:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is not installed"
+        conf = self.folder / "redis.conf"  # the password in a file, not on the command line
+        conf.write_text(f"requirepass {self.password}\n", encoding="utf-8")
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--appendonly", "yes",
+            [exe, str(conf), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--appendonly", "yes",
              "--appendfsync", "everysec", "--save", "", "--daemonize", "no", "--logfile", str(self.folder / "redis.log")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -195,7 +195,7 @@ def test_a_scorer_that_cannot_be_built_fails_chunks_visibly(fake_worker: Any, tm
     assert store.chunk(job.job_id, 0).status == "failed"
 
 
-def test_queue_depth_counts_the_prefixed_queue(machine_redis: str) -> None:
+def test_queue_depth_counts_the_prefixed_queue(local_redis: str) -> None:
     """What reconcile asks before re-sending: messages waiting in the job queue
     (nothing consumes this queue, so the messages stay)."""
     import uuid
@@ -205,7 +205,7 @@ def test_queue_depth_counts_the_prefixed_queue(machine_redis: str) -> None:
     from batch.dispatch import CeleryEnqueuer
 
     tag = uuid.uuid4().hex[:8]
-    s = load_settings(overrides={"batch.broker_url": machine_redis, "batch.queue": f"depth-{tag}", "batch.key_prefix": f"depth-{tag}:"}, env={})
+    s = load_settings(overrides={"batch.broker_url": local_redis, "batch.queue": f"depth-{tag}", "batch.key_prefix": f"depth-{tag}:"}, env={})
     enqueuer = CeleryEnqueuer(make_app(s))
     try:
         assert enqueuer.queue_depth() == 0
@@ -213,7 +213,7 @@ def test_queue_depth_counts_the_prefixed_queue(machine_redis: str) -> None:
         enqueuer.finalize("b")
         assert enqueuer.queue_depth() == 2
     finally:
-        r = redis.Redis.from_url(machine_redis)
+        r = redis.Redis.from_url(local_redis)
         keys = list(r.scan_iter(match=f"depth-{tag}:*"))
         if keys:
             r.delete(*keys)

@@ -58,9 +58,10 @@ def test_submit_says_how_to_start_redis(capsys: pytest.CaptureFixture[str], tmp_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MTSERVE_BATCH__SCORER", "local")
-    monkeypatch.setenv("MTSERVE_BATCH__BROKER_URL", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv("MTSERVE_BATCH__BROKER_URL", f"redis://:s3cret-pw@127.0.0.1:{port}/0")
     code, _, err = run(capsys, "batch", "submit", "--logs", str(tmp_path), "--date", "2024-05-01")
-    assert code == 2 and f"cannot reach the Celery broker at redis://127.0.0.1:{port}/0" in err
+    assert code == 2 and f"cannot reach the Celery broker at redis://:**@127.0.0.1:{port}/0" in err
+    assert "s3cret-pw" not in err  # never the password
     assert "redis-server" in err and "MTSERVE_BATCH__BROKER_URL" in err
 
 

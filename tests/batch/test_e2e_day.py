@@ -29,9 +29,9 @@ CATALOGUE: Catalogue = load_catalogue(builtin_catalogue_path("hotel"))
 
 @pytest.fixture(scope="module")
 def env(
-    tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, machine_redis: str, make_batch_env: Callable[..., Any]
+    tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path, local_redis: str, make_batch_env: Callable[..., Any]
 ) -> Iterator[Any]:
-    e = make_batch_env(tmp_path_factory.mktemp("e2e"), tiny_llama_dir, broker_url=machine_redis, chunk_size=40)
+    e = make_batch_env(tmp_path_factory.mktemp("e2e"), tiny_llama_dir, broker_url=local_redis, chunk_size=40)
     try:
         yield e
     finally:

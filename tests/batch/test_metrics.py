@@ -34,9 +34,9 @@ def scrape(port: int, home: Path) -> dict[str, float]:
     return out
 
 
-def test_a_worker_serves_what_its_pool_processes_counted(tmp_path, tiny_llama_dir, machine_redis, make_batch_env):
+def test_a_worker_serves_what_its_pool_processes_counted(tmp_path, tiny_llama_dir, local_redis, make_batch_env):
     port = free_port()
-    env = make_batch_env(tmp_path / "env", tiny_llama_dir, broker_url=machine_redis, chunk_size=10, metrics_address=f"127.0.0.1:{port}")
+    env = make_batch_env(tmp_path / "env", tiny_llama_dir, broker_url=local_redis, chunk_size=10, metrics_address=f"127.0.0.1:{port}")
     try:
         day = generate_day(DATE, 20, 7)
         logs = write_day(day, tmp_path / "day").logs

@@ -69,10 +69,10 @@ def stack(tmp_path: Path, hotel: Any, tiny_llama_dir: Path, wait_for: Callable[.
 
 
 def test_batch_answers_equal_the_services(
-    tmp_path: Path, tiny_llama_dir: Path, machine_redis: str, make_batch_env: Callable[..., Any], stack: dict[str, Any], hotel: Any
+    tmp_path: Path, tiny_llama_dir: Path, local_redis: str, make_batch_env: Callable[..., Any], stack: dict[str, Any], hotel: Any
 ) -> None:
     env = make_batch_env(
-        tmp_path / "env", tiny_llama_dir, broker_url=machine_redis, scorer="grpc", inference_address=stack["inference"],
+        tmp_path / "env", tiny_llama_dir, broker_url=local_redis, scorer="grpc", inference_address=stack["inference"],
         chunk_size=10, extra_env={"MTSERVE_REGISTRY__ADDRESS": stack["registry"]},
     )
     try:
@@ -114,7 +114,7 @@ def test_batch_answers_equal_the_services(
 
 
 def test_unavailable_inference_service_is_retried_with_backoff(
-    tmp_path: Path, tiny_llama_dir: Path, machine_redis: str, make_batch_env: Callable[..., Any], stack: dict[str, Any], wait_for: Callable[..., Any]
+    tmp_path: Path, tiny_llama_dir: Path, local_redis: str, make_batch_env: Callable[..., Any], stack: dict[str, Any], wait_for: Callable[..., Any]
 ) -> None:
     """The chunks reach an address where no inference service listens yet
     (UNAVAILABLE): they back off and retry; once a service comes up there,
@@ -127,7 +127,7 @@ def test_unavailable_inference_service_is_retried_with_backoff(
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = make_batch_env(
-        tmp_path / "env", tiny_llama_dir, broker_url=machine_redis, scorer="grpc", inference_address=f"127.0.0.1:{port}",
+        tmp_path / "env", tiny_llama_dir, broker_url=local_redis, scorer="grpc", inference_address=f"127.0.0.1:{port}",
         chunk_size=10, retry_backoff_max=3, max_retries=20, extra_env={"MTSERVE_REGISTRY__ADDRESS": stack["registry"]},
     )
     late = None

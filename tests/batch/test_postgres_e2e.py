@@ -19,9 +19,9 @@ DATE = "2024-08-01"
 
 
 def test_a_job_on_postgresql(
-    tmp_path: Path, tiny_llama_dir: Path, machine_redis: str, postgres_url: str, make_batch_env: Callable[..., Any]
+    tmp_path: Path, tiny_llama_dir: Path, local_redis: str, postgres_url: str, make_batch_env: Callable[..., Any]
 ) -> None:
-    env = make_batch_env(tmp_path / "env", tiny_llama_dir, broker_url=machine_redis, database_url=postgres_url, chunk_size=10)
+    env = make_batch_env(tmp_path / "env", tiny_llama_dir, broker_url=local_redis, database_url=postgres_url, chunk_size=10)
     try:
         logs = write_day(generate_day(DATE, 20, 12, bad_records=2), tmp_path / "day").logs
         env.start_worker("pg", env={"MTSERVE_BATCH__WORKER_CONCURRENCY": "2"})  # two processes writing at once

@@ -59,10 +59,10 @@ def submit(env: Any, logs: Path) -> str:
 
 
 def test_sigkill_the_whole_worker_mid_chunk(
-    tmp_path: Path, tiny_llama_dir: Path, machine_redis: str, make_batch_env: Callable[..., Any], wait_for: Callable[..., Any]
+    tmp_path: Path, tiny_llama_dir: Path, local_redis: str, make_batch_env: Callable[..., Any], wait_for: Callable[..., Any]
 ) -> None:
     env = make_batch_env(
-        tmp_path / "env", tiny_llama_dir, broker_url=machine_redis,
+        tmp_path / "env", tiny_llama_dir, broker_url=local_redis,
         chunk_size=15, conversations_per_call=5, debug_pause_seconds=0.7,
     )
     try:
@@ -88,12 +88,12 @@ def test_sigkill_the_whole_worker_mid_chunk(
 
 @pytest.mark.slow
 def test_sigkill_the_pool_process_mid_chunk(
-    tmp_path: Path, tiny_llama_dir: Path, machine_redis: str, make_batch_env: Callable[..., Any], wait_for: Callable[..., Any]
+    tmp_path: Path, tiny_llama_dir: Path, local_redis: str, make_batch_env: Callable[..., Any], wait_for: Callable[..., Any]
 ) -> None:
     """Only the pool process dies: task_reject_on_worker_lost requeues the
     chunk at once, and the same worker's new pool process finishes the job."""
     env = make_batch_env(
-        tmp_path / "env", tiny_llama_dir, broker_url=machine_redis,
+        tmp_path / "env", tiny_llama_dir, broker_url=local_redis,
         chunk_size=15, conversations_per_call=5, debug_pause_seconds=0.7,
     )
     try:
