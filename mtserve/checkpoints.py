@@ -11,6 +11,13 @@ base checkpoint's id and `content_sha256` of its files), the tasks and versions
 it was trained on, free-form metrics and training facts, and the sha256 of
 every other file. Loading verifies every hash and refuses pickle files: a
 checkpoint is data, never code.
+
+A checkpoint of kind `tgi` holds no weights: the model runs on a
+text-generation-inference server, which `base` names (`endpoint`, the
+`model_id` and optionally the `model_sha` its /info must report, and the
+scoring `mode`: grammar or prefill). The folder still ships the model's
+tokenizer files, because prompts are rendered and label paths tokenized here
+exactly as for a local model (mtserve/tgi.py).
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib",
 @dataclass
 class Manifest:
     id: str
-    kind: str = "full"  # full | lora
-    base: dict[str, str] | None = None  # {"id": ..., "content_sha256": ...} for lora; origin info for full
+    kind: str = "full"  # full | lora | tgi
+    # lora: {"id": ..., "content_sha256": ...}; tgi: {"endpoint", "model_id", "model_sha"?, "mode"}; full: origin info
+    base: dict[str, str] | None = None
     tasks: list[dict[str, Any]] = field(default_factory=list)  # [{"name": ..., "version": ...}]
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -63,16 +71,52 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise ValidationError(f"{where}.format", f"must be {FORMAT!r}", data.get("format"))
         check_checkpoint_id(data.get("id"), f"{where}.id")
-        if data.get("kind", "full") not in ("full", "lora"):
-            raise ValidationError(f"{where}.kind", "must be full or lora", data.get("kind"))
+        if data.get("kind", "full") not in KINDS:
+            raise ValidationError(f"{where}.kind", "must be full, lora or tgi", data.get("kind"))
         if data.get("kind") == "lora" and not (isinstance(data.get("base"), Mapping) and data["base"].get("id")):
             raise ValidationError(f"{where}.base", "a LoRA checkpoint names its base checkpoint id and content hash", data.get("base"))
+        if data.get("kind") == "tgi":
+            check_tgi_base(data.get("base"), f"{where}.base")
         if not isinstance(data.get("files", {}), Mapping):
             raise ValidationError(f"{where}.files", "must map file names to sha256", data.get("files"))
         return cls(**dict(data))
 
     def task_versions(self) -> dict[str, int | None]:
         return {t["name"]: t.get("version") for t in self.tasks}
+
+
+KINDS = ("full", "lora", "tgi")
+TGI_MODES = ("grammar", "prefill")
+TGI_BASE_KEYS = ("endpoint", "model_id", "model_sha", "mode")
+
+
+def check_tgi_base(base: Any, where: str = "base") -> None:
+    """What a `tgi` checkpoint's base must say; each rule one ValidationError."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(base, Mapping):
+        raise ValidationError(where, "a TGI checkpoint names its server: {endpoint, model_id, mode[, model_sha]}", base)
+    unknown = sorted(set(base) - set(TGI_BASE_KEYS))
+    if unknown:
+        raise ValidationError(f"{where}.{unknown[0]}", f"unknown key of a TGI base (known: {', '.join(TGI_BASE_KEYS)})", unknown[0], show_value=False)
+    endpoint = base.get("endpoint")
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"{where}.endpoint", "must be the http:// or https:// URL of the TGI server", endpoint)
+    if parts.username or parts.password:
+        raise ValidationError(f"{where}.endpoint", "must not hold credentials: the bearer token goes in inference.tgi.token_file", "<redacted>")
+    if parts.query or parts.fragment:
+        raise ValidationError(f"{where}.endpoint", "must have no query or fragment", endpoint)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ValidationError(f"{where}.endpoint", "has a port that is not a number from 0 to 65535", endpoint) from None
+    for key in ("model_id", "model_sha"):
+        value = base.get(key)
+        if (key == "model_id" or value is not None) and (not isinstance(value, str) or not value.strip()):
+            raise ValidationError(f"{where}.{key}", "must be a non-empty string (what the server's /info reports)", value)
+    if base.get("mode") not in TGI_MODES:
+        raise ValidationError(f"{where}.mode", "must be grammar or prefill (docs/services.md says which to pick)", base.get("mode"))
 
 
 def check_checkpoint_id(value: Any, where: str = "checkpoint id") -> str:

@@ -88,6 +88,39 @@ class RegistrySettings(_Section):
         return self
 
 
+class TgiSettings(_Section):
+    """The text-generation-inference backend (mtserve/tgi.py, docs/services.md):
+    how the inference service talks to the TGI servers that checkpoints of
+    kind `tgi` name. One set for every such server."""
+
+    # The bearer token the servers expect (TGI's --api-key), read from this
+    # file. Without one no Authorization header is sent at all: never the
+    # Hugging Face token huggingface_hub would otherwise pick up.
+    token_file: str | None = None
+    # A CA to trust for https:// endpoints, on top of the system's.
+    ca_file: str | None = None
+    # Per HTTP request (one label path or one generation step).
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    # Retries of a request refused with 429, 5xx or a connection error:
+    # exponential backoff from backoff_initial_seconds, capped, jittered.
+    retries: int = Field(default=2, ge=0)
+    backoff_initial_seconds: float = Field(default=0.2, gt=0)
+    backoff_max_seconds: float = Field(default=2.0, gt=0)
+    # The server's --max-top-n-tokens (TGI's default is 5; /info does not
+    # report it). Grammar mode refuses a task that needs more top tokens.
+    max_top_n_tokens: int = Field(default=5, ge=1)
+    # HTTP requests in flight to one server per batch (TGI batches them).
+    max_concurrency: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _backoff_grows(self) -> TgiSettings:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError(
+                f"backoff_max_seconds ({self.backoff_max_seconds}) must not be below backoff_initial_seconds ({self.backoff_initial_seconds})"
+            )
+        return self
+
+
 class InferenceSettings(_Section):
     address: str = "127.0.0.1:50052"
     registry_address: str | None = None  # defaults to registry.address
@@ -114,6 +147,8 @@ class InferenceSettings(_Section):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     # Deadline of each call clients (CLI, batch scorer) make to the service.
     client_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Checkpoints of kind `tgi`: the model runs on a TGI server.
+    tgi: TgiSettings = Field(default_factory=TgiSettings)
 
     @model_validator(mode="after")
     def _calls_leave_threads(self) -> InferenceSettings:

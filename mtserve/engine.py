@@ -21,6 +21,7 @@ vs. mixed batches to 1e-5).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from mtserve.predictions import LabelScore, Prediction, Request
 from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, RenderedInput
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
-__all__ = ["Engine", "LabelScore", "Prediction", "Request"]
+__all__ = ["Engine", "LabelScore", "Prediction", "Request", "assemble_prediction", "decode_answer", "label_distribution", "label_verbalizers"]
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,7 @@ class Engine:
         key = ("multilabel", None) if task.taxonomy is Taxonomy.MULTILABEL else (task.name, task)
         trie = self._tries.get(key)
         if trie is None:
-            names: tuple[str, ...]
-            verbs: tuple[str, ...]
-            if task.taxonomy is Taxonomy.MULTILABEL:
-                names, verbs = (MULTILABEL_YES, MULTILABEL_NO), (MULTILABEL_YES, MULTILABEL_NO)
-            else:
-                names, verbs = task.label_names, tuple(label.verbalizer for label in task.labels)
+            names, verbs = label_verbalizers(task)
             trie = LabelTrie.build(names, verbs, self.renderer.encode_text, self.renderer.end_of_answer_id, f"task({task.name}).labels")
             self._tries[key] = trie
             while len(self._tries) > 4096:
@@ -160,28 +156,13 @@ class Engine:
 
     # -- assembling answers --------------------------------------------------------
     def _prediction(self, req: Request, rin: RenderedInput, queries: list[_Query]) -> Prediction:
-        task = req.task
         prompt_tokens = len(rin.ids) + max(len(q.suffix) for q in queries)
-        common: _Common = {"task": task.name, "task_version": task.version, "prompt_tokens": prompt_tokens, "truncated": rin.truncated}
-        if task.is_generation:
-            q = queries[0]
-            text = decode_answer(self.tokenizer, q.generated, self.renderer.end_of_answer_id)
-            return Prediction(label=None, labels=(), scores=(), text=text, **common)
-        if task.taxonomy is Taxonomy.MULTILABEL:
-            label_scores: list[LabelScore] = []
-            for label, q in zip(task.labels, queries):
-                p_yes, _ = _distribution(q)
-                label_scores.append(LabelScore(label.name, p_yes))
-            chosen = tuple(s.label for s in label_scores if s.probability >= task.threshold)
-            top = max(label_scores, key=lambda s: s.probability).label
-            return Prediction(label=top, labels=chosen, scores=tuple(label_scores), **common)
-        probs = _distribution(queries[0])
-        scores = tuple(LabelScore(name, p) for name, p in zip(task.label_names, probs))
-        top = max(scores, key=lambda s: s.probability).label
-        expected: float | None = None
-        if task.taxonomy is Taxonomy.ORDINAL:
-            expected = sum(s.probability * _ordinal_value(label) for s, label in zip(scores, task.labels))
-        return Prediction(label=top, labels=(top,), scores=scores, expected_value=expected, **common)
+        if req.task.is_generation:
+            text = decode_answer(self.tokenizer, queries[0].generated, self.renderer.end_of_answer_id)
+            return assemble_prediction(req.task, prompt_tokens=prompt_tokens, truncated=rin.truncated, text=text)
+        # Each label path's total: its token log-probabilities summed (in float32, then widened).
+        totals = [[float(lp.sum()) for lp in q.step_logprobs] for q in queries]
+        return assemble_prediction(req.task, prompt_tokens=prompt_tokens, truncated=rin.truncated, label_logprobs=totals)
 
     # -- the forward passes ---------------------------------------------------------
     def _run(self, rendered: list[RenderedInput], queries: list[_Query]) -> None:
@@ -304,6 +285,14 @@ class Engine:
         return logits, out.cache, full_mask
 
 
+def label_verbalizers(task: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The names and verbalizers a task's answer is decoded over: its labels,
+    or yes/no for a multi-label task (asked one label at a time)."""
+    if task.taxonomy is Taxonomy.MULTILABEL:
+        return (MULTILABEL_YES, MULTILABEL_NO), (MULTILABEL_YES, MULTILABEL_NO)
+    return task.label_names, tuple(label.verbalizer for label in task.labels)
+
+
 def decode_answer(tokenizer: Any, generated: Sequence[int], end_id: int) -> str:
     """The text of a generated answer. An answer cut by max_new_tokens (no end
     token) can stop inside a character that byte-level BPE splits over several
@@ -316,11 +305,47 @@ def decode_answer(tokenizer: Any, generated: Sequence[int], end_id: int) -> str:
     return text.strip()
 
 
-def _distribution(q: _Query) -> list[float]:
-    """Renormalize the label paths' total log-probabilities over the label set."""
-    totals = torch.stack([lp.sum() for lp in q.step_logprobs]).double()
-    probs = torch.softmax(totals, dim=0)
-    return [float(p) for p in probs]
+def label_distribution(totals: Sequence[float]) -> list[float]:
+    """Renormalize the label paths' total log-probabilities over the label set
+    (a softmax in float64)."""
+    top = max(totals)
+    weights = [math.exp(t - top) for t in totals]
+    norm = sum(weights)
+    return [w / norm for w in weights]
+
+
+def assemble_prediction(
+    task: Task,
+    *,
+    prompt_tokens: int,
+    truncated: bool,
+    label_logprobs: Sequence[Sequence[float]] = (),
+    text: str | None = None,
+) -> Prediction:
+    """An answer from what a backend computed: for a classification task each
+    query's label-path log-probabilities (one query for a single-answer
+    task, in label order; one yes/no question per label for a multi-label
+    task), for a generation task the text. Every backend ends here, so an
+    answer means the same whichever backend computed it."""
+    common: _Common = {"task": task.name, "task_version": task.version, "prompt_tokens": prompt_tokens, "truncated": truncated}
+    if task.is_generation:
+        return Prediction(label=None, labels=(), scores=(), text=text or "", **common)
+    if task.taxonomy is Taxonomy.MULTILABEL:
+        label_scores: list[LabelScore] = []
+        for label, totals in zip(task.labels, label_logprobs, strict=True):
+            p_yes, _ = label_distribution(totals)  # the yes/no trie: yes first
+            label_scores.append(LabelScore(label.name, p_yes))
+        chosen = tuple(s.label for s in label_scores if s.probability >= task.threshold)
+        top = max(label_scores, key=lambda s: s.probability).label
+        return Prediction(label=top, labels=chosen, scores=tuple(label_scores), **common)
+    (totals,) = label_logprobs
+    probs = label_distribution(totals)
+    scores = tuple(LabelScore(name, p) for name, p in zip(task.label_names, probs, strict=True))
+    top = max(scores, key=lambda s: s.probability).label
+    expected: float | None = None
+    if task.taxonomy is Taxonomy.ORDINAL:
+        expected = sum(s.probability * _ordinal_value(label) for s, label in zip(scores, task.labels))
+    return Prediction(label=top, labels=(top,), scores=scores, expected_value=expected, **common)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

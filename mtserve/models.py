@@ -31,7 +31,7 @@ from mtserve.checkpoints import (
     verify_checkpoint,
     write_manifest,
 )
-from mtserve.errors import IntegrityError, NotFoundError, ValidationError
+from mtserve.errors import IntegrityError, NotFoundError, PreconditionError, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,12 @@ def load_checkpoint(
     if not folder.is_dir():
         raise NotFoundError(f"model folder {str(folder)!r} does not exist")
     manifest = verify_checkpoint(folder) if verify else read_manifest(folder)
+    if manifest.kind == "tgi":
+        endpoint = (manifest.base or {}).get("endpoint")
+        raise PreconditionError(
+            f"checkpoint {manifest.id!r} has no weights here: its model runs on the TGI server at {endpoint}; "
+            "route tasks to it and ask the inference service (`mtserve classify --server`), which scores through that server"
+        )
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     attn = "sdpa"

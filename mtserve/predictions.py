@@ -10,10 +10,15 @@ nothing else reshapes it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from mtserve.inputs import Input
 from mtserve.tasks import Task
+
+if TYPE_CHECKING:
+    from mtserve.errors import MtserveError
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,21 @@ class Answer:
     def key(self) -> tuple[str, int, str]:
         """How a result is stored: (task, task version, checkpoint)."""
         return (self.prediction.task, int(self.prediction.task_version or 0), self.checkpoint_id)
+
+
+class ScoringBackend(Protocol):
+    """What the inference service (its batcher and core) needs of a model
+    backend: the local torch `Engine` (mtserve/engine.py) and the TGI
+    backend (mtserve/tgi.py) both are one, and an OpenAI-compatible server
+    would be one more. Calls are serialized by the caller (tokenizers are
+    not thread-safe)."""
+
+    name: str
+
+    def predict(self, requests: Sequence[Request]) -> list[Prediction | MtserveError]:
+        """Score a batch; a bad request gets its error in its slot, the others are scored."""
+        ...
+
+    def validate_task(self, task: Task) -> None:
+        """Refuse (ValidationError) a task this backend cannot serve; run when a route names it."""
+        ...

@@ -45,6 +45,24 @@ def import_cmd(
     typer.echo(str(import_model_folder(source, settings().checkpoints_root, checkpoint_id)))
 
 
+@models_app.command("import-tgi")
+def import_tgi_cmd(
+    checkpoint_id: str = typer.Option(..., "--id", help="Checkpoint id to give it."),
+    endpoint: str = typer.Option(..., "--endpoint", help="URL of the TGI server (http:// or https://)."),
+    model_id: str = typer.Option(..., "--model-id", help="The model_id the server's /info must report."),
+    tokenizer: Path = typer.Option(..., "--tokenizer", help="Local folder with the served model's tokenizer files (a checkpoint or a Hugging Face folder)."),
+    mode: str = typer.Option("grammar", "--mode", help="grammar (one step, prefix cache; single-token labels) or prefill (any labels; needs --enable-prefill-logprobs)."),
+    model_sha: str | None = typer.Option(None, "--model-sha", help="The model_sha /info must report (default: not checked)."),
+) -> None:
+    """Make a checkpoint whose model runs on a TGI server: its tokenizer files and a manifest of kind tgi, no weights."""
+    from mtserve.tgi import make_tgi_checkpoint
+
+    path = make_tgi_checkpoint(
+        settings().checkpoints_root, checkpoint_id, endpoint=endpoint, model_id=model_id, mode=mode, tokenizer_folder=tokenizer, model_sha=model_sha
+    )
+    typer.echo(str(path))
+
+
 @models_app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the checkpoints under the checkpoint root."""

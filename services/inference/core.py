@@ -1,6 +1,8 @@
 """The inference service's core, plain Python (no gRPC): the registry state
-being served, one Engine and Batcher per routed checkpoint, and the
-resolution of a request to (task version, checkpoint).
+being served, one engine (the local torch Engine, or a TgiEngine for a
+checkpoint of kind tgi, whose model runs on a TGI server) and Batcher per
+routed checkpoint, and the resolution of a request to (task version,
+checkpoint).
 
 State changes (from the registry's watch or the last-known-good file) are
 applied off the request path: the checkpoints a new route names are loaded
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from mtserve.checkpoints import manifest_sha256
+from mtserve.config import TgiSettings
 from mtserve.engine import Engine, Prediction, Request
 from mtserve.errors import (
     IntegrityError,
@@ -39,7 +42,7 @@ from mtserve.errors import (
     ValidationError,
 )
 from mtserve.inputs import Input, check_task_accepts
-from mtserve.predictions import Answer, Timing
+from mtserve.predictions import Answer, ScoringBackend, Timing
 from mtserve.records import (
     CheckpointInfo,
     CheckpointRecord,
@@ -57,7 +60,7 @@ from services.inference.batcher import Batcher, BatchResult
 
 log = logging.getLogger(__name__)
 
-Loader = Callable[[CheckpointRecord], Any]  # -> mtserve.models.LoadedModel
+Loader = Callable[[CheckpointRecord], Any]  # -> mtserve.models.LoadedModel (mtserve.tgi.LoadedTgi for kind tgi)
 # Registers a callback run when the call ends (gRPC: context.add_callback);
 # returns False when the call has already ended.
 OnEnd = Callable[[Callable[[], None]], Any]
@@ -85,8 +88,8 @@ class _BatchOptions(TypedDict):
 @dataclass
 class Model:
     checkpoint: CheckpointRecord
-    loaded: Any  # LoadedModel
-    engine: Engine
+    loaded: Any  # LoadedModel, or LoadedTgi for a checkpoint served by TGI
+    engine: ScoringBackend  # Engine (local torch) or TgiEngine
     batcher: Batcher
     loaded_at: str
 
@@ -136,8 +139,10 @@ class InferenceCore:
         queue_size: int = 256,
         max_inflight_calls: int | None = None,
         loader: Loader | None = None,
+        tgi: TgiSettings | None = None,
     ):
         self.device, self.dtype = device, dtype
+        self.tgi = tgi or TgiSettings()  # how checkpoints of kind tgi reach their server
         self.batch_options: _BatchOptions = {
             "max_batch_tokens": max_batch_tokens, "max_batch_requests": max_batch_requests, "max_wait_ms": max_wait_ms, "queue_size": queue_size
         }
@@ -167,6 +172,7 @@ class InferenceCore:
             queue_size=s.queue_size,
             max_inflight_calls=s.max_inflight_calls,
             loader=loader,
+            tgi=s.tgi,
         )
 
     def on_applied(self, listener: Callable[[Serving], None]) -> None:
@@ -189,12 +195,22 @@ class InferenceCore:
             raise IntegrityError(f"checkpoint {record.id!r}: its manifest.json is missing; it cannot be verified, so it is not served")
         if manifest_sha256(folder) != record.manifest_sha256:
             raise IntegrityError(f"checkpoint {record.id!r}: {folder}/manifest.json differs from the manifest registered (sha256 {record.manifest_sha256[:12]}...)")
-        loaded = load_checkpoint(folder, device=self.device, dtype=self.dtype)
+        loaded: Any
+        if record.kind == "tgi":  # no weights: the model runs on the TGI server the manifest names
+            from mtserve.tgi import load_tgi_checkpoint
+
+            loaded = load_tgi_checkpoint(folder, self.tgi)
+        else:
+            loaded = load_checkpoint(folder, device=self.device, dtype=self.dtype)
         if loaded.manifest.id != record.id:
             raise IntegrityError(f"checkpoint {record.id!r}: the folder {folder} holds checkpoint {loaded.manifest.id!r}")
         return loaded
 
-    def _engine(self, loaded: Any, policy: TruncationPolicy, checkpoint_id: str) -> Engine:
+    def _engine(self, loaded: Any, policy: TruncationPolicy, checkpoint_id: str) -> ScoringBackend:
+        if getattr(getattr(loaded, "manifest", None), "kind", None) == "tgi":
+            from mtserve.tgi import TgiEngine
+
+            return TgiEngine(loaded, policy, name=checkpoint_id, settings=self.tgi)
         return Engine(loaded.model, loaded.tokenizer, policy, max_batch_tokens=self.batch_options["max_batch_tokens"], name=checkpoint_id)
 
     # -- applying registry state -------------------------------------------------------------

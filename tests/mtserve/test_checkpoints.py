@@ -136,3 +136,50 @@ def test_serving_loads_only_verified_checkpoints_the_cli_also_plain_folders(tiny
     loaded = load_model_folder(plain, device="cpu", dtype="float32")  # a local run, said to be unverified
     assert loaded.manifest.description == "plain Hugging Face folder, not verified"
     assert load_model_folder(tiny_llama_dir, device="cpu", dtype="float32").manifest.id == "tiny-llama"
+
+
+TGI_BASE = {"endpoint": "https://tgi.internal:8443", "model_id": "Qwen/Qwen2-7B-Instruct", "mode": "grammar"}
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "rule"),
+    [
+        ({"base": None}, "base", "a TGI checkpoint names its server"),
+        ({"base": {**TGI_BASE, "adapter": "x"}}, "base.adapter", "unknown key of a TGI base"),
+        ({"base": {**TGI_BASE, "endpoint": "tgi.internal:8443"}}, "base.endpoint", "must be the http:// or https:// URL"),
+        ({"base": {**TGI_BASE, "endpoint": "ftp://tgi.internal"}}, "base.endpoint", "must be the http:// or https:// URL"),
+        ({"base": {**TGI_BASE, "endpoint": "https://user:pw@tgi.internal"}}, "base.endpoint", "must not hold credentials"),
+        ({"base": {**TGI_BASE, "endpoint": "https://tgi.internal/?model=x"}}, "base.endpoint", "must have no query or fragment"),
+        ({"base": {**TGI_BASE, "endpoint": "https://tgi.internal:99999"}}, "base.endpoint", "has a port that is not a number"),
+        ({"base": {**TGI_BASE, "model_id": ""}}, "base.model_id", "must be a non-empty string"),
+        ({"base": {k: v for k, v in TGI_BASE.items() if k != "model_id"}}, "base.model_id", "must be a non-empty string"),
+        ({"base": {**TGI_BASE, "model_sha": 7}}, "base.model_sha", "must be a non-empty string"),
+        ({"base": {**TGI_BASE, "mode": "sampling"}}, "base.mode", "must be grammar or prefill"),
+        ({"kind": "vllm"}, "kind", "must be full, lora or tgi"),
+    ],
+)
+def test_a_tgi_manifest_names_its_server_each_rule_with_its_message(tmp_path, change, field, rule):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text("{}")
+    write_manifest(folder, id="served", kind="tgi", base=dict(TGI_BASE))
+    assert read_manifest(folder).base == TGI_BASE
+    data = json.loads((folder / "manifest.json").read_text())
+    data.update(change)
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError) as caught:
+        read_manifest(folder)
+    assert caught.value.field.endswith(f"manifest.json.{field}") and rule in caught.value.rule
+    if "credentials" in rule:
+        assert "pw" not in str(caught.value)  # the password is never quoted back
+
+
+def test_a_tgi_checkpoint_has_no_weights_to_load_here(tmp_path):
+    from mtserve.errors import PreconditionError
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text("{}")
+    write_manifest(folder, id="served", kind="tgi", base={**TGI_BASE, "model_sha": "abc123", "mode": "prefill"})
+    with pytest.raises(PreconditionError, match="its model runs on the TGI server at https://tgi.internal:8443"):
+        load_checkpoint(folder, device="cpu")

@@ -163,3 +163,20 @@ def test_models_import_refuses_what_is_not_a_model_folder(capsys, tmp_path, tiny
     shutil.copytree(tiny_llama_dir, unknown)
     (unknown / "config.json").write_text('{"model_type": "no-such-architecture"}')
     assert refused(unknown).startswith("error: model: has a config.json transformers cannot read (")
+
+
+def test_models_import_tgi_makes_a_weightless_checkpoint_and_refuses_bad_fields(capsys, tmp_path, tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("MTSERVE_CHECKPOINTS_DIR", str(tmp_path / "checkpoints"))
+    base = ["models", "import-tgi", "--endpoint", "http://127.0.0.1:8080", "--model-id", "acme/tiny", "--tokenizer", str(tiny_llama_dir)]
+    code, err = run(capsys, *base, "--id", "on-tgi", "--mode", "sampling")[::2]
+    assert one_line_error(code, err) == "error: base.mode: must be grammar or prefill (docs/services.md says which to pick) (got 'sampling')"
+    code, err = run(capsys, *base[:-1], str(tmp_path), "--id", "on-tgi")[::2]
+    assert one_line_error(code, err) == f"error: tokenizer: is not a folder with the model's tokenizer files (no tokenizer_config.json) (got '{tmp_path}')"
+    main([*base, "--id", "on-tgi", "--mode", "prefill"])
+    folder = Path(capsys.readouterr().out.strip())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["base"]) == ("tgi", {"endpoint": "http://127.0.0.1:8080", "model_id": "acme/tiny", "mode": "prefill"})
+    assert "tokenizer_config.json" in manifest["files"] and not [f for f in manifest["files"] if f.endswith(".safetensors")]
+    # a local run has no model to load: one line saying where the model runs
+    code, err = run(capsys, "classify", "--model", str(folder), "--task", "csa", "--input", str(SAMPLES / "call-cancelled.json"))[::2]
+    assert one_line_error(code, err).startswith("error: checkpoint 'on-tgi' has no weights here: its model runs on the TGI server at http://127.0.0.1:8080")
