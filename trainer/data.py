@@ -324,6 +324,11 @@ class DevSelection:
         return {"method": self.method, "cap": self.cap, "available": self.available, "selected": self.selected,
                 "label_counts": dict(self.label_counts), "warnings": list(self.warnings)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DevSelection:
+        return cls(str(data["method"]), data["cap"], int(data["available"]), int(data["selected"]),
+                   dict(data["label_counts"]), tuple(data["warnings"]))
+
 
 def _stratum(ex: Example) -> str:
     if ex.label is None:

@@ -252,7 +252,7 @@ def connect_registry(spec: Any, address: str, *, promote: bool) -> tuple[Any, di
     client for the end of the job and the check's event. The gRPC client is
     imported here, so this module stays importable without grpc."""
     from mtserve_api.registry import RegistryClient
-    from trainer.pipeline import resolve_catalogue, resolve_tasks
+    from trainer.pipeline.context import resolve_catalogue, resolve_tasks
 
     tasks = resolve_tasks(spec, resolve_catalogue(spec))
     with RegistryClient(address, timeout=CHECK_TIMEOUT_SECONDS) as probe:

@@ -27,7 +27,7 @@ undefined ("-") when no task qualifies.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -67,6 +67,9 @@ class Qualification:
     # The baseline does not beat its trivial baseline (trainer.evaluate.is_degenerate):
     # reaching 99% of it says little, and the verdict says so.
     degenerate_baseline: bool = False
+    # Qualifications written before degenerate_baseline existed lack the key;
+    # to_dict leaves it out of them again, so they read back unchanged.
+    unrecorded: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @property
     def within_noise(self) -> bool:
@@ -101,8 +104,8 @@ class Qualification:
         out = asdict(self)
         out["verdict"] = self.verdict.value
         for key in ("ratio", "ratio_low", "ratio_high"):
-            out[key] = _json_ratio(out[key])
-        return out
+            out[key] = json_ratio(out[key])
+        return {k: v for k, v in out.items() if k not in self.unrecorded and k != "unrecorded"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Qualification:
@@ -110,7 +113,7 @@ class Qualification:
         values["verdict"] = Verdict(values["verdict"])
         for key in ("ratio", "ratio_low", "ratio_high"):
             values[key] = float("inf") if values[key] is None else float(values[key])
-        return cls(**values)
+        return cls(**values, unrecorded=frozenset({"degenerate_baseline"} - data.keys()))
 
 
 def ratio(candidate: np.ndarray | float, baseline: np.ndarray | float) -> np.ndarray:
@@ -240,7 +243,7 @@ def _fmt_ratio(value: float) -> str:
     return "inf" if value == float("inf") else f"{value:.3f}"
 
 
-def _json_ratio(value: float) -> float | None:
+def json_ratio(value: float) -> float | None:
     return None if value == float("inf") else value  # JSON has no infinity
 
 
@@ -249,6 +252,7 @@ __all__ = [
     "Qualification",
     "Verdict",
     "format_overhead",
+    "json_ratio",
     "num_qualified",
     "overhead",
     "qualify",

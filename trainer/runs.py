@@ -170,25 +170,29 @@ def run_results(results: Sequence[Mapping[str, Any]], *, model: str | None = Non
     defaults to each run's base checkpoint id, so tables split by base model.
     `split="test"`: the test evaluations of the same (dev-selected) checkpoints,
     for runs that scored test (`eval.test`)."""
-    from trainer.evaluate import TaskEval
     from trainer.report import RunResult
+    from trainer.results import MultiTaskRun, SingleTaskRun
 
     out = []
-    for r in results:
-        base = model if model is not None else (r.get("base") or {}).get("id", "")
-        scored = r.get(split)
-        if not scored:
-            continue
-        if r.get("kind") == "single_task":
-            task = r["task"]
-            out.append(RunResult("single_task", task, {task: TaskEval.from_dict(scored)}, checkpoint=r["checkpoint"]["id"],
-                                 model=base, extra={"run": r["run_id"], "selected": r.get("selected")}))
+    for data in results:  # stage 0 runs have no evaluation
+        if data.get("kind") == SingleTaskRun.kind:
+            st = SingleTaskRun.from_dict(data)
+            base = model if model is not None else st.base.id
+            scored = {"dev": st.dev, "test": st.test}.get(split)
+            if scored is None:
+                continue
+            out.append(RunResult("single_task", st.task, {st.task: scored}, checkpoint=st.checkpoint.id,
+                                 model=base, extra={"run": st.run_id, "selected": st.selected.to_dict()}))
             if split == "dev":
-                out.append(RunResult("zero_shot", task, {task: TaskEval.from_dict(r["zero_shot"])}, checkpoint=base or None,
-                                     model=base, extra={"run": r["run_id"]}))
-        elif r.get("kind") == "multi_task":
-            out.append(RunResult(r["method"], r["group"], {n: TaskEval.from_dict(v) for n, v in scored.items()},
-                                 checkpoint=r["checkpoint"]["id"], model=base, extra={"run": r["run_id"], "job": r.get("job")}))
+                out.append(RunResult("zero_shot", st.task, {st.task: st.zero_shot}, checkpoint=base or None,
+                                     model=base, extra={"run": st.run_id}))
+        elif data.get("kind") == MultiTaskRun.kind:
+            mt = MultiTaskRun.from_dict(data)
+            evals = {"dev": mt.dev, "test": mt.test}.get(split)
+            if not evals:
+                continue
+            out.append(RunResult(mt.method, mt.group, dict(evals), checkpoint=mt.checkpoint.id,
+                                 model=model if model is not None else mt.base.id, extra={"run": mt.run_id, "job": mt.job}))
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from mtserve.config import Settings
 from trainer.job import JobSpec, parse_job
 from trainer.pipeline import run_job
+from trainer.results import JobResult, SingleTaskRun
 from trainer.runs import EVENTS, RunStore, read_events
 
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
@@ -150,34 +151,31 @@ def choose(points: Sequence[SweepPoint]) -> dict[str, float]:
     return {g: p.lr for g, p in best.items()}
 
 
-def _point(store: RunStore, result: Mapping[str, Any], finetune: str, precision: str, lr: float, seconds: float) -> SweepPoint:
+def _point(store: RunStore, result: JobResult, finetune: str, precision: str, lr: float, seconds: float) -> SweepPoint:
     tasks: dict[str, PointTask] = {}
     step_times: list[float] = []
-    run_of = {}
-    for run_id in result["runs"]:
-        r = store.result(run_id) or {}
-        if r.get("task"):
-            run_of[r["task"]] = (run_id, r)
-    for row in result["rows"]:
-        run_id, r = run_of[row["task"]]
-        base = row["baseline"]
-        trivial = row.get("trivial")
-        stopped = r.get("stopped_early")
-        tasks[row["task"]] = PointTask(
-            task=row["task"], metric=row["metric"], dev=base["value"], dev_low=base["low"], dev_high=base["high"],
-            zero_shot=row["zero_shot"]["value"], trivial=None if trivial is None else trivial["value"],
-            degenerate=bool(row.get("degenerate_baseline")), selected=row["baseline_selected"], run_id=run_id,
-            curve=[(int(h["step"]), float(h["value"])) for h in r.get("history", [])],
-            stopped_early=None if not stopped else int(stopped["step"]),
+    baselines: dict[str, SingleTaskRun] = {}
+    for run_id in result.runs:
+        stored = store.result(run_id)
+        if stored is not None and stored.get("kind") == SingleTaskRun.kind:
+            run = SingleTaskRun.from_dict(stored)
+            baselines[run.task] = run
+    for row in result.rows:
+        b = baselines[row.task]
+        # every task of a point has its baseline
+        assert row.baseline is not None and row.zero_shot is not None and row.metric is not None and row.baseline_selected is not None
+        tasks[row.task] = PointTask(
+            task=row.task, metric=row.metric, dev=row.baseline.estimate.value, dev_low=row.baseline.estimate.low,
+            dev_high=row.baseline.estimate.high, zero_shot=row.zero_shot.estimate.value, trivial=row.trivial.value,
+            degenerate=bool(row.degenerate_baseline), selected=row.baseline_selected, run_id=b.run_id,
+            curve=[(h.step, h.value) for h in b.history], stopped_early=None if b.stopped_early is None else b.stopped_early.step,
         )
-        step_times += [e["seconds_per_step"] for e in read_events(store.dir(run_id) / EVENTS) if e.get("event") == "step"]
+        step_times += [e["seconds_per_step"] for e in read_events(store.dir(b.run_id) / EVENTS) if e.get("event") == "step"]
     sps = statistics.median(step_times) if step_times else None
-    resolved_or_none = {(r.get("precision") or {}).get("resolved") for _, r in run_of.values()}
-    resolved = {v for v in resolved_or_none if v is not None}
+    resolved = {b.precision.resolved for b in baselines.values() if b.precision is not None}
     if len(resolved) == 1:  # show what `auto` chose, not the word auto
         precision = resolved.pop()
     return SweepPoint(finetune, precision, lr, tasks, sps, seconds)
-
 
 def run_sweep(
     spec: JobSpec,
@@ -200,8 +198,8 @@ def run_sweep(
                 ps = point_spec(spec, finetune, lr, precision)
                 if emit is not None:
                     emit({"event": "sweep_point", "finetune": finetune, "lr": lr, "precision": precision})
-                result = run_job(ps, settings=settings, emit=emit, resume=resume).to_dict()
-                points.append(_point(store, result, finetune, precision, lr, result["seconds"]))
+                result = run_job(ps, settings=settings, emit=emit, resume=resume)
+                points.append(_point(store, result, finetune, precision, lr, result.seconds))
     sweep = SweepResult(spec.name, points, choose(points))
     if out_dir is not None:
         sweep.files = plot_sweep(sweep, out_dir)

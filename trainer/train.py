@@ -50,9 +50,9 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,9 @@ from mtserve.precision import autocast_dtype, resolve_precision
 from mtserve.prompt import PromptRenderer, Segments
 from mtserve.tasks import Task, Taxonomy, TruncationBudget, TruncationPolicy
 from trainer.sampling import MixtureSampler, _shuffled
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import TrainState
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -389,6 +392,38 @@ class StagePlan:
             "select_best": self.select_best, "patience": self.patience,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StagePlan:
+        return cls(
+            name=str(data["name"]), rates=dict(data["rates"]), steps=int(data["steps"]), lr=float(data["lr"]),
+            strategy=str(data.get("strategy", "")), eval_every=int(data.get("eval_every", 0)),
+            eval_at_start=bool(data.get("eval_at_start", False)), eval_at_end=bool(data.get("eval_at_end", False)),
+            select_best=bool(data.get("select_best", False)), patience=int(data.get("patience", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """An evaluation in brief, for events and the run's history: each task's
+    primary metric and its name, their mean, and, for a multi-task run gated
+    against baselines, the tasks that would qualify at this point."""
+
+    values: dict[str, float]
+    metrics: dict[str, str]
+    mean: float
+    qualified: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"values": dict(self.values), "metrics": dict(self.metrics), "mean": self.mean}
+        if self.qualified is not None:
+            out["qualified"] = list(self.qualified)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvalSummary:
+        qualified = data.get("qualified")
+        return cls(dict(data["values"]), dict(data["metrics"]), float(data["mean"]), None if qualified is None else list(qualified))
+
 
 @dataclass
 class EvalPoint:
@@ -397,11 +432,99 @@ class EvalPoint:
     (written to the run folder)."""
 
     score: tuple[float, ...]
-    summary: dict[str, Any]
+    summary: EvalSummary
     payload: dict[str, Any]
 
 
 Evaluator = Callable[[Any, str, int, dict[str, float]], EvalPoint]  # (model, stage, step, epochs per task)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation during training, as the run's history keeps it."""
+
+    stage: str
+    step: int
+    epochs: dict[str, float]  # epochs of each task's data seen by then
+    # Only rank 0 evaluates: on the other ranks an entry holds the position alone.
+    summary: EvalSummary | None = None
+    score: tuple[float, ...] | None = None
+    file: str | None = None  # under the run's evals/: every task's full evaluation
+    weights: str | None = None  # on the selected evaluation: "base" (before any update), "last", or a file under best/
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"stage": self.stage, "step": self.step, "epochs": dict(self.epochs)}
+        if self.summary is not None:
+            out["summary"] = self.summary.to_dict()
+        if self.score is not None:
+            out["score"] = list(self.score)
+        if self.file is not None:
+            out["file"] = self.file
+        if self.weights is not None:
+            out["weights"] = self.weights
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Evaluation:
+        summary, score = data.get("summary"), data.get("score")
+        return cls(
+            stage=str(data["stage"]), step=int(data["step"]), epochs=dict(data["epochs"]),
+            summary=None if summary is None else EvalSummary.from_dict(summary),
+            score=None if score is None else tuple(score), file=data.get("file"), weights=data.get("weights"),
+        )
+
+
+@dataclass(frozen=True)
+class StoppedEarly:
+    """A stage ended by patience (StagePlan.patience) before its last step."""
+
+    step: int
+    patience: int
+    best_step: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoppedEarly:
+        return cls(int(data["step"]), int(data["patience"]), int(data["best_step"]))
+
+
+# Stage records of runs trained before `patience` existed lack the key;
+# `unrecorded` keeps them out of to_dict, so such records read back unchanged.
+_STAGE_KEYS_ADDED_LATER = frozenset({"patience"})
+
+
+@dataclass
+class StageRecord:
+    """A stage as it ran: its plan, how far it got, and, once it ended, the
+    epochs of each task's data it saw."""
+
+    index: int
+    plan: StagePlan
+    steps_done: int = 0
+    tokens: int = 0
+    stopped_early: StoppedEarly | None = None
+    epochs: dict[str, float] | None = None
+    unrecorded: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.plan.name, "index": self.index, **self.plan.to_dict(),
+                               "steps_done": self.steps_done, "tokens": self.tokens}
+        if self.stopped_early is not None:
+            out["stopped_early"] = self.stopped_early.to_dict()
+        if self.epochs is not None:
+            out["epochs"] = dict(self.epochs)
+        return {k: v for k, v in out.items() if k not in self.unrecorded}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageRecord:
+        stopped, epochs = data.get("stopped_early"), data.get("epochs")
+        return cls(
+            index=int(data["index"]), plan=StagePlan.from_dict(data), steps_done=int(data["steps_done"]), tokens=int(data["tokens"]),
+            stopped_early=None if stopped is None else StoppedEarly.from_dict(stopped),
+            epochs=None if epochs is None else dict(epochs), unrecorded=_STAGE_KEYS_ADDED_LATER - data.keys(),
+        )
 
 
 @dataclass
@@ -422,15 +545,44 @@ class LoopSettings:
         return self.micro_batch * self.grad_accum
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run took up its saved state."""
+
+    stage: str
+    step: int
+    stage_index: int
+    stage_done: bool  # saved at the end of that stage: the next one starts afresh
+
+
 @dataclass
-class TrainOutcome:
-    steps: int  # optimizer steps over all stages
-    tokens: int
-    seconds: float
-    stages: list[dict[str, Any]]
-    history: list[dict[str, Any]]  # evaluations: stage, step, epochs, summary, score, file
-    best: dict[str, Any] | None  # the selected evaluation (history entry + weights), or None
-    resumed_from: dict[str, Any] | None = None
+class TrainProgress:
+    """A run's progress over its stages: the loop advances it, every train
+    state saves it (in its meta), a resumed run continues from it, and the run
+    returns it."""
+
+    stages: list[StageRecord] = field(default_factory=list)  # the stages started so far
+    history: list[Evaluation] = field(default_factory=list)
+    best: Evaluation | None = None  # the selected evaluation so far
+    steps: int = 0  # optimizer steps over all stages
+    tokens: int = 0
+    seconds: float = 0.0  # training time, the time before an interruption included
+    resumed_from: ResumePoint | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        return {
+            "stages": [s.to_dict() for s in self.stages], "history": [h.to_dict() for h in self.history],
+            "best": None if self.best is None else self.best.to_dict(),
+            "tokens": self.tokens, "steps_total": self.steps, "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> TrainProgress:
+        return cls(
+            stages=[StageRecord.from_dict(s) for s in meta["stages"]], history=[Evaluation.from_dict(h) for h in meta["history"]],
+            best=None if meta["best"] is None else Evaluation.from_dict(meta["best"]),
+            steps=int(meta["steps_total"]), tokens=int(meta["tokens"]), seconds=float(meta["seconds"]),
+        )
 
 
 def stage_seed(seed: int, stage_index: int, name: str) -> int:
@@ -458,6 +610,7 @@ class Trainer:
         self.emit = emit or (lambda event: None)
         self.evaluator = evaluator
         self.dist = dist or Dist()
+        self._started = 0.0  # set by run(): see there
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # One probe decides for training and serving (mtserve.precision): bf16
@@ -473,62 +626,47 @@ class Trainer:
             self.loss_module = DDP(self.loss_module, device_ids=ids)
 
     # -- the public call ---------------------------------------------------------------
-    def run(self, stages: Sequence[StagePlan], data: Mapping[str, TrainSet], *, resume: bool = True) -> TrainOutcome:
+    def run(self, stages: Sequence[StagePlan], data: Mapping[str, TrainSet], *, resume: bool = True) -> TrainProgress:
         from trainer import checkpoint as ck
 
         started = time.monotonic()
         state = ck.load_train_state(self.run_dir, self.model) if resume else None
-        stages_meta: list[dict[str, Any]] = []
-        history: list[dict[str, Any]] = []
-        best: dict[str, Any] | None = None
-        tokens_total, steps_total, seconds_before = 0, 0, 0.0
+        progress = TrainProgress()
         first_stage = 0
-        resumed_from = None
         if state is not None:
             meta = state.meta
-            stages_meta, history, best = meta["stages"], meta["history"], meta["best"]
-            tokens_total, steps_total, seconds_before = meta["tokens"], meta["steps_total"], meta["seconds"]
+            progress = TrainProgress.from_meta(meta)
             first_stage = meta["stage_index"]
+            last = meta.get("last_stage_step", meta["step"])
+            progress.resumed_from = ResumePoint(meta["stage"], last, first_stage, bool(meta.get("stage_done")))
+            self.emit({"event": "resumed", "stage": meta["stage"], "step": last, "stage_done": bool(meta.get("stage_done"))})
             if meta.get("stage_done"):
                 state = None  # saved at a stage boundary: the next stage starts afresh on these weights
-            last = meta.get("last_stage_step", meta.get("step"))
-            resumed_from = {"stage": meta.get("stage"), "step": last, "stage_index": first_stage, "stage_done": bool(meta.get("stage_done"))}
-            self.emit({"event": "resumed", "stage": meta.get("stage"), "step": last, "stage_done": bool(meta.get("stage_done"))})
+        # When the run would have started had it never stopped: its clock counts the time before a resume.
+        self._started = started - progress.seconds
         deterministic = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True, warn_only=True)
         try:
             for i in range(first_stage, len(stages)):
-                plan = stages[i]
-                is_last = i == len(stages) - 1
                 resume_here = state if (state is not None and state.meta["stage_index"] == i) else None
-                out = self._run_stage(i, plan, data, resume_here, history, best, tokens_total, steps_total, started - seconds_before, is_last, stages_meta)
-                history, best, tokens_total, steps_total = out
+                self._run_stage(i, stages[i], data, progress, resume_here, is_last=i == len(stages) - 1)
                 state = None
             self.model.train(False)
-            if best is not None and best.get("weights") not in (None, "last") and best["weights"] != "base":
-                ck.load_weights(self.model, self.run_dir / "best" / best["weights"])
+            best = progress.best
+            if best is not None and best.weights not in (None, "last", "base"):
+                ck.load_weights(self.model, self.run_dir / "best" / best.weights)
         finally:
             torch.use_deterministic_algorithms(deterministic)
-        return TrainOutcome(
-            steps=steps_total, tokens=tokens_total, seconds=time.monotonic() - started + seconds_before,
-            stages=stages_meta, history=history, best=best, resumed_from=resumed_from,
-        )
+        progress.seconds = time.monotonic() - self._started
+        return progress
 
     # -- one stage ----------------------------------------------------------------------
     def _run_stage(
-        self,
-        index: int,
-        plan: StagePlan,
-        data: Mapping[str, TrainSet],
-        state: Any,
-        history: list[dict[str, Any]],
-        best: dict[str, Any] | None,
-        tokens_total: int,
-        steps_total: int,
-        t0: float,
-        is_last: bool,
-        stages_meta: list[dict[str, Any]],
-    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, int, int]:
+        self, index: int, plan: StagePlan, data: Mapping[str, TrainSet], progress: TrainProgress, state: TrainState | None, *, is_last: bool
+    ) -> None:
+        """Train stage `index` (from its start, or from `state` saved inside
+        it), advancing `progress`. Only the last stage's evaluations select
+        the run's weights."""
         from trainer import checkpoint as ck
 
         s = self.s
@@ -547,8 +685,8 @@ class Trainer:
             torch.manual_seed(seed)
             if self.device.type == "cuda":
                 torch.cuda.manual_seed_all(seed)
-            stage_meta = {"name": plan.name, "index": index, **plan.to_dict(), "steps_done": 0, "tokens": 0}
-            stages_meta.append(stage_meta)
+            record = StageRecord(index, plan)
+            progress.stages.append(record)
             self.emit({"event": "stage_started", "stage": plan.name, "steps": plan.steps, "rates": sampler.rates, "sizes": sizes})
         else:
             meta = state.meta
@@ -560,10 +698,14 @@ class Trainer:
             sampler.load_state_dict(window_sampler_state)
             ck.load_optimizer(optimizer, state)
             ck.restore_rng(state)
-            stage_meta = stages_meta[-1]
+            record = progress.stages[-1]
+
+        def epochs() -> dict[str, float]:
+            return {t: consumed[t] / sizes[t] for t in tasks}
+
         self.model.train()
         if state is None and plan.eval_at_start and self.evaluator is not None:
-            best = self._evaluate(plan, 0, consumed, sizes, history, best, is_last, untrained=steps_total == 0)
+            self._evaluate(plan, 0, epochs(), progress, is_last=is_last, untrained=progress.steps == 0)
             self.model.train()
         window: list[list[list[Feature]]] = []
         if step < plan.steps:
@@ -586,63 +728,58 @@ class Trainer:
             lr = lr_at(step, plan.steps, plan.lr, s.warmup_ratio)
             loss, tokens = self._step(optimizer, micro, lr, per_step)
             step += 1
-            steps_total += 1
-            tokens_total += tokens
-            stage_meta["steps_done"] = step
-            stage_meta["tokens"] = stage_meta.get("tokens", 0) + tokens
+            progress.steps += 1
+            progress.tokens += tokens
+            record.steps_done = step
+            record.tokens += tokens
             dt = time.monotonic() - tic
             loss_sum, loss_n, tok_window, time_window = loss_sum + loss, loss_n + 1, tok_window + tokens, time_window + dt
             if step % s.log_every == 0 or step == plan.steps:
                 self.emit({
                     "event": "step", "stage": plan.name, "step": step, "steps": plan.steps, "loss": loss_sum / loss_n,
                     "lr": lr, "tokens_per_s": tok_window / max(time_window, 1e-9), "seconds_per_step": time_window / loss_n,
-                    "epochs": {t: consumed[t] / sizes[t] for t in tasks},
+                    "epochs": epochs(),
                 })
                 loss_sum, loss_n, tok_window, time_window = 0.0, 0, 0, 0.0
             due_eval = self.evaluator is not None and (
                 (plan.eval_every and step % plan.eval_every == 0) or (step == plan.steps and plan.eval_at_end)
             )
             if due_eval:
-                best = self._evaluate(plan, step, consumed, sizes, history, best, is_last, untrained=False)
+                self._evaluate(plan, step, epochs(), progress, is_last=is_last, untrained=False)
                 self.model.train()
-                if step < plan.steps and self._patience_exhausted(plan, history, best):
+                best = progress.best
+                if step < plan.steps and best is not None and self._patience_exhausted(plan, progress.history, best):
                     stopped = True
-                    stage_meta["stopped_early"] = {"step": step, "patience": plan.patience, "best_step": best["step"]}  # type: ignore[index]
+                    record.stopped_early = StoppedEarly(step, plan.patience, best.step)
                     self.emit({"event": "early_stop", "stage": plan.name, "step": step, "steps": plan.steps,
-                               "best_step": best["step"], "patience": plan.patience})  # type: ignore[index]
+                               "best_step": best.step, "patience": plan.patience})
             finished = step == plan.steps or stopped
             if step % s.state_every == 0 or finished:
+                progress.seconds = time.monotonic() - self._started
                 meta = {
                     "stage_index": index if not finished else index + 1,
                     "stage": plan.name,
                     "step": step if not finished else 0,
                     "consumed": consumed if not finished else {},
-                    "window": {"index": window_index, "start_step": window_start_step, "draws": draws_at_window, "sampler": window_sampler_state},
-                    "stages": stages_meta,
-                    "history": history,
-                    "best": best,
-                    "tokens": tokens_total,
-                    "steps_total": steps_total,
-                    "seconds": time.monotonic() - t0,
+                    "window": None if finished else {"index": window_index, "start_step": window_start_step, "draws": draws_at_window,
+                                                     "sampler": window_sampler_state},
+                    **progress.to_meta(),
                     "stage_done": finished,
                     "last_stage_step": step,
                 }
-                if finished:
-                    meta["window"] = None
                 if self.dist.main:
                     ck.save_train_state(self.run_dir, self.model, optimizer, meta)
-                    ck.prune_best(self.run_dir, keep=(best or {}).get("weights"))
+                    ck.prune_best(self.run_dir, keep=None if progress.best is None else progress.best.weights)
                     self.emit({"event": "state_saved", "stage": plan.name, "step": step})
                 barrier(self.dist)
-        stage_meta["epochs"] = {t: consumed[t] / sizes[t] for t in tasks}
-        return history, best, tokens_total, steps_total
+        record.epochs = epochs()
 
     @staticmethod
-    def _patience_exhausted(plan: StagePlan, history: Sequence[Mapping[str, Any]], best: Mapping[str, Any] | None) -> bool:
+    def _patience_exhausted(plan: StagePlan, history: Sequence[Evaluation], best: Evaluation) -> bool:
         """`plan.patience` evaluations of this stage in a row after the best one."""
-        if not (plan.patience and plan.select_best and best is not None):
+        if not (plan.patience and plan.select_best):
             return False
-        since = [h for h in history if h["stage"] == plan.name and h["step"] > best["step"]]
+        since = [h for h in history if h.stage == plan.name and h.step > best.step]
         return len(since) >= plan.patience
 
     def _draw_window(
@@ -695,42 +832,34 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _evaluate(
-        self,
-        plan: StagePlan,
-        step: int,
-        consumed: dict[str, int],
-        sizes: dict[str, int],
-        history: list[dict[str, Any]],
-        best: dict[str, Any] | None,
-        is_last: bool,
-        *,
-        untrained: bool,
-    ) -> dict[str, Any] | None:
+    def _evaluate(self, plan: StagePlan, step: int, epochs: dict[str, float], progress: TrainProgress, *, is_last: bool, untrained: bool) -> None:
+        """Evaluate (rank 0), add the evaluation to the history, and select it
+        when it beats the best so far (last stage only)."""
         from trainer import checkpoint as ck
 
-        epochs = {t: consumed[t] / sizes[t] for t in sizes}
-        entry: dict[str, Any] = {"stage": plan.name, "step": step, "epochs": epochs}
+        entry = Evaluation(plan.name, step, epochs)
         if self.dist.main:
             assert self.evaluator is not None
             point = self.evaluator(self.model, plan.name, step, epochs)
             name = f"{plan.name}-{step:07d}.json"
             ck.write_json(self.run_dir / "evals" / name, point.payload)
-            entry.update(summary=point.summary, score=list(point.score), file=name)
-        history.append(entry)
+            entry = Evaluation(plan.name, step, epochs, point.summary, point.score, name)
+        progress.history.append(entry)
         improved = False
+        best = progress.best
         if plan.select_best and is_last and self.dist.main:
-            if best is None or tuple(entry["score"]) > tuple(best["score"]):
+            assert entry.score is not None
+            if best is None or best.score is None or entry.score > best.score:
                 improved = True
                 # Before any update the model is the base checkpoint itself: no copy.
                 weights = "base" if untrained else f"{plan.name}-{step:07d}.safetensors"
                 if weights != "base":
                     ck.save_weights(self.model, self.run_dir / "best" / weights)
-                best = {**entry, "weights": weights}
+                progress.best = replace(entry, weights=weights)
         elif is_last and not plan.select_best and self.dist.main:
-            best = {**entry, "weights": "last"}
-        self.emit({"event": "eval", "stage": plan.name, "step": step, "epochs": epochs, "summary": entry.get("summary"), "best": improved})
-        return best
+            progress.best = replace(entry, weights="last")
+        self.emit({"event": "eval", "stage": plan.name, "step": step, "epochs": epochs,
+                   "summary": None if entry.summary is None else entry.summary.to_dict(), "best": improved})
 
 
 def _to(batch: MicroBatch, device: torch.device) -> MicroBatch:
@@ -747,11 +876,16 @@ __all__ = [
     "AnswerLoss",
     "Dist",
     "EvalPoint",
+    "EvalSummary",
+    "Evaluation",
     "Feature",
     "LoopSettings",
     "MicroBatch",
+    "ResumePoint",
     "StagePlan",
-    "TrainOutcome",
+    "StageRecord",
+    "StoppedEarly",
+    "TrainProgress",
     "TrainSet",
     "Trainer",
     "build_optimizer",

@@ -15,9 +15,10 @@ from mtserve.checkpoints import read_manifest, verify_checkpoint
 from mtserve.config import load_settings
 from mtserve.errors import PreconditionError, ValidationError
 from mtserve.precision import PROBE_ENV
-from trainer import pipeline
 from trainer.job import parse_job
-from trainer.pipeline import baseline_steps, group_tasks, plan_stages, run_job, saturation
+from trainer.pipeline import cache, run_job
+from trainer.pipeline.plan import baseline_steps, group_tasks, plan_stages, saturation
+from trainer.results import MultiTaskRun, SingleTaskPoint, SingleTaskRun, Stage0Run
 from trainer.sampling import instance_balanced, temperature_scaled_capped
 from trainer.toy import toy_job, write_toy_data
 
@@ -36,7 +37,7 @@ def test_task_filter_groups(hotel):
 
 
 def hist(*points):
-    return [{"step": i, "epochs": e, "value": v} for i, (e, v) in enumerate(points)]
+    return [SingleTaskPoint(i, e, v) for i, (e, v) in enumerate(points)]
 
 
 def test_resource_grouping_from_saturation_epochs():
@@ -126,14 +127,14 @@ def test_job_trains_baselines_then_groups(toy_run):
     _spec, result, events = toy_run
     started = [e["run"] for e in events if e["event"] == "run_started"]
     assert [r.split("-")[0] + "-" + r.split("-")[1] for r in started] == ["st-sentiment", "st-topic", "st-headline", "mt-toy"]
-    groups = {g["group"]: g for g in result.groups}
+    groups = {g.group: g for g in result.groups}
     assert set(groups) == {"classification", "generation"}
-    assert groups["classification"]["tasks"] == ["sentiment", "topic"] and not groups["classification"]["reused_baseline"]
-    assert groups["generation"]["reused_baseline"]  # a group of one task is its single-task model
+    assert groups["classification"].tasks == ["sentiment", "topic"] and not groups["classification"].reused_baseline
+    assert groups["generation"].reused_baseline  # a group of one task is its single-task model
     assert len(result.checkpoints) == 2
-    rows = {r["task"]: r for r in result.rows}
-    assert rows["headline"]["metric"] == "rouge_l" and rows["sentiment"]["metric"] == "accuracy"
-    assert all(r["zero_shot"] is not None and r["baseline"] is not None and r["multi_task"] is not None for r in rows.values())
+    rows = {r.task: r for r in result.rows}
+    assert rows["headline"].metric == "rouge_l" and rows["sentiment"].metric == "accuracy"
+    assert all(r.zero_shot is not None and r.baseline is not None and r.multi_task is not None for r in rows.values())
     assert "Zero-shot" in result.table_markdown and "Single-task" in result.table_markdown
 
 
@@ -164,20 +165,21 @@ def test_stage_order_stage1_only_high_resource_tasks(toy_run):
 def test_baselines_are_honestly_labelled(toy_run, tiny_llama_dir):
     spec, result, _events = toy_run
     for r in result.rows:
-        if r["baseline_selected"].startswith("zero-shot"):
-            assert r["baseline_checkpoint"] == "tiny-llama"
-            assert r["baseline"]["value"] == r["zero_shot"]["value"]
+        assert r.baseline_selected is not None and r.baseline_checkpoint is not None and r.baseline and r.zero_shot
+        if r.baseline_selected.startswith("zero-shot"):
+            assert r.baseline_checkpoint == "tiny-llama"
+            assert r.baseline.estimate.value == r.zero_shot.estimate.value
         else:
-            assert r["baseline_checkpoint"].startswith(f"st-{r['task']}-")
-            assert r["baseline"]["value"] > r["zero_shot"]["value"]  # a fine-tuned step is kept only when it beats zero-shot
-            manifest = read_manifest(spec.path("checkpoints") / r["baseline_checkpoint"])
+            assert r.baseline_checkpoint.startswith(f"st-{r.task}-")
+            assert r.baseline.estimate.value > r.zero_shot.estimate.value  # a fine-tuned step is kept only when it beats zero-shot
+            manifest = read_manifest(spec.path("checkpoints") / r.baseline_checkpoint)
             assert manifest.metrics["selected"]["step"] > 0 and not manifest.metrics["selected"]["zero_shot"]
 
 
 def test_multi_task_manifest(toy_run, tiny_llama_dir):
     _spec, result, _events = toy_run
-    group = next(g for g in result.groups if g["group"] == "classification")
-    manifest = verify_checkpoint(group["checkpoint"]["path"])
+    group = next(g for g in result.groups if g.group == "classification")
+    manifest = verify_checkpoint(group.run.checkpoint.path)
     assert manifest.kind == "full" and manifest.parent == "tiny-llama" and manifest.base["id"] == "tiny-llama"
     assert [t["name"] for t in manifest.tasks] == ["sentiment", "topic"]
     assert manifest.tasks[1]["labels"] == [{"name": n, "verbalizer": n} for n in ("room", "food", "staff")]
@@ -205,6 +207,13 @@ def test_a_finished_job_is_reused_from_the_run_cache(toy_run):
     for run in again.runs:
         folder = spec.runs_path / run
         assert (folder / "result.json").exists() and not list(folder.glob("state-*"))
+
+
+def test_run_results_read_back_unchanged(toy_run):
+    spec, _result, _ = toy_run
+    results = [json.loads(p.read_text()) for p in sorted(spec.runs_path.glob("*/result.json"))]
+    assert sorted(r["kind"] for r in results) == ["multi_task"] + ["single_task"] * 3
+    assert all(reads_back_unchanged(r) for r in results)
 
 
 def test_tables_assemble_from_finished_runs(toy_run):
@@ -238,7 +247,7 @@ def test_interrupted_run_needs_resume_or_restart(tmp_path, tiny_llama_dir):
     events: list[dict] = []
     result = run_job(spec, resume=True, emit=events.append)
     assert next(e for e in events if e["event"] == "resumed")["stage"] == "stage2"
-    assert result.rows[0]["baseline"] is None and result.rows[0]["qualified"] is None  # no baselines: nothing to gate on
+    assert result.rows[0].baseline is None and result.rows[0].qualified is None  # no baselines: nothing to gate on
     fresh = run_job(make_job(tmp_path / "b", tiny_llama_dir, baselines={"train": False}, mixture={"stage1_steps": 2, "stage2_steps": 4}))
     a = read_manifest(result.checkpoints[0]).files["model.safetensors"]
     b = read_manifest(fresh.checkpoints[0]).files["model.safetensors"]
@@ -262,7 +271,8 @@ def test_stage0_continual_pretraining_becomes_the_base(tmp_path, tiny_llama_dir)
     mt = read_manifest(result.checkpoints[0])
     assert mt.parent == m0.id  # stages 1-2 start from the domain-adapted model
     for r in result.rows:  # and so do the baselines (their zero-shot is the stage-0 model's)
-        assert r["baseline_checkpoint"] == m0.id or read_manifest(spec.path("checkpoints") / r["baseline_checkpoint"]).parent == m0.id
+        assert r.baseline_checkpoint == m0.id or read_manifest(spec.path("checkpoints") / str(r.baseline_checkpoint)).parent == m0.id
+    assert reads_back_unchanged(json.loads(next(spec.runs_path.glob("stage0-*/result.json")).read_text()))
     events2: list[dict] = []
     run_job(spec, emit=events2.append)
     assert not [e for e in events2 if e["event"] == "run_started"]
@@ -340,7 +350,7 @@ def test_smollm2_job_trains_and_its_checkpoint_scores(tmp_path, default_model_di
 
 # -- run keys: resolved plans, precision, prompt format, dev selection ----------------------
 
-_REAL_OPEN_RUN = pipeline._open_run
+_REAL_OPEN_RUN = cache.open_run
 
 
 class Keyed(Exception):
@@ -364,12 +374,12 @@ def opened_run(spec, monkeypatch, kind: str = "st") -> tuple[str, dict]:
     # The probe's variable is for the probe: load_settings refuses it as an unknown
     # MTSERVE_ setting (see tests/mtserve/test_precision.py), so settings are read without it.
     settings = load_settings(env={k: v for k, v in os.environ.items() if k != PROBE_ENV})
-    monkeypatch.setattr(pipeline, "_open_run", stop)
+    monkeypatch.setattr(cache, "open_run", stop)
     try:
         with pytest.raises(Keyed) as info:
             run_job(spec, settings=settings)
     finally:
-        monkeypatch.setattr(pipeline, "_open_run", _REAL_OPEN_RUN)
+        monkeypatch.setattr(cache, "open_run", _REAL_OPEN_RUN)
     return info.value.run_id, info.value.payload
 
 
@@ -437,11 +447,11 @@ def test_settings_that_change_a_baseline_change_its_key(tmp_path, tiny_llama_dir
 def test_the_prompt_format_and_dev_selection_are_in_the_key(tmp_path, tiny_llama_dir, monkeypatch):
     spec = st_job(tmp_path, tiny_llama_dir)
     ref, payload = opened_run(spec, monkeypatch)
-    assert payload["prompt_format"] == pipeline.PROMPT_FORMAT and payload["eval"]["dev_selection"] == pipeline.DEV_SELECTION
-    monkeypatch.setattr(pipeline, "PROMPT_FORMAT", pipeline.PROMPT_FORMAT + 1)
+    assert payload["prompt_format"] == cache.PROMPT_FORMAT and payload["eval"]["dev_selection"] == cache.DEV_SELECTION
+    monkeypatch.setattr(cache, "PROMPT_FORMAT", cache.PROMPT_FORMAT + 1)
     prompt, _ = opened_run(spec, monkeypatch)
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "DEV_SELECTION", "stratified-hash-v2")
+    monkeypatch.setattr(cache, "DEV_SELECTION", "stratified-hash-v2")
     selection, _ = opened_run(spec, monkeypatch)
     monkeypatch.undo()
     assert len({ref, prompt, selection}) == 3
@@ -480,5 +490,99 @@ def test_multi_task_keys_hold_the_resolved_stages(tmp_path, tiny_llama_dir, monk
     # tau changes nothing when the tasks are the same size (equal rates at any temperature): the same run
     tau = make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8, "tau": 1.0})
     assert opened_run(tau, monkeypatch, "mt")[0] == ref
-    monkeypatch.setattr(pipeline, "DEV_SELECTION", "stratified-hash-v2")
+    monkeypatch.setattr(cache, "DEV_SELECTION", "stratified-hash-v2")
     assert opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8}), monkeypatch, "mt")[0] != ref
+
+
+# -- run keys, pinned -------------------------------------------------------------------------
+
+
+class _Opened(Exception):
+    pass
+
+
+def opened_keys(spec, monkeypatch, stop_at: str) -> dict[str, str]:
+    """run id -> key of every run the job opens, up to and including the first
+    `stop_at` run (not trained); the runs before it train as usual."""
+    keys: dict[str, str] = {}
+
+    def record(ctx, kind, label, payload):
+        rc = _REAL_OPEN_RUN(ctx, kind, label, payload)
+        keys[rc.run_id] = rc.key
+        if kind == stop_at:
+            raise _Opened()
+        return rc
+
+    settings = load_settings(env={k: v for k, v in os.environ.items() if k != PROBE_ENV})
+    monkeypatch.setattr(cache, "open_run", record)
+    try:
+        with pytest.raises(_Opened):
+            run_job(spec, settings=settings)
+    finally:
+        monkeypatch.setattr(cache, "open_run", _REAL_OPEN_RUN)
+    return keys
+
+
+# The keys below were computed by the trainer of 2026-12-02 (run format 1). A
+# change to what goes into a key, or to how it is hashed, orphans every finished
+# run of every runs folder (the reproduction's included): a key may change only
+# with a deliberate RUN_FORMAT bump, never as a side effect of a refactoring.
+PINNED_KEYS = {
+    "two_stage": {
+        "st-sentiment-563c5386c567": "563c5386c5675b5ef8814f652c1fee0c133d70ad28c8c288a25b86d8383013c3",
+        "st-topic-501c9f1ca520": "501c9f1ca5208e38f7bd748d121eca9cde91e87e10f912f7a960ef0b3088863f",
+        "st-headline-1f106affa828": "1f106affa828749640c96890e751c7c8797312888221a90f77d59496c3e196d7",
+        "mt-toy-classification-9d612c02702c": "9d612c02702c0337e143fce310bcfc0d5b222220822236d45573557db2ff1d43",
+    },
+    "no_baselines": {"mt-toy-all-955d87ff7315": "955d87ff731539bbb172093ef886232a31524d0c1b7e6e878fa6fc87cd494568"},
+    "single_task": {"st-sentiment-efdf981d4afb": "efdf981d4afb61f7a0e065ad80526f4065213489f3b349716a5ff583b40fd122"},
+    "stage0": {"stage0-corpus-ab94f672e447": "ab94f672e4473a33e45b4ac304d2ee6e18d0865f5f03f14ded7e2932d34e2dbf"},
+}
+
+
+def pinned_jobs(tmp: Path, base: Path) -> dict[str, tuple[object, str]]:
+    common = {"training": {"precision": "fp32"}, "eval": {"every_steps": 1, "dev_cap": 4}}
+    return {
+        # three baselines (trained, one step each), then the classification group's run (opened, not trained);
+        # the generation task is a group of its own that reuses its baseline
+        "two_stage": (make_job(tmp / "a", base, tasks=["sentiment", "topic", "headline"], resources={"high": ["sentiment"]},
+                               baselines={"steps": 1}, **common), "mt"),
+        "no_baselines": (make_job(tmp / "b", base, tasks=["sentiment", "topic", "headline"], baselines={"train": False},
+                                  task_filter={"group_by": "none"}, resources={"high": ["topic"]}, **common), "mt"),
+        "single_task": (st_job(tmp / "c", base, eval={"test": True}), "st"),
+        "stage0": (make_job(tmp / "d", base, stage0={"corpus": "corpus.txt", "steps": 3}, **common), "stage0"),
+    }
+
+
+def test_run_keys_of_toy_jobs_are_pinned(tmp_path, tiny_llama_dir, monkeypatch):
+    from trainer import checkpoint as ck
+
+    # The tiny model is random weights built by the test session: its digest is
+    # not what this test pins, the trainer's payloads are.
+    monkeypatch.setattr(ck, "base_identity", lambda base_dir: {"id": "tiny-llama", "content_sha256": "0" * 64})
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "corpus.txt").write_text("Guest called about a booking.\n\n" + "The lobby was quiet that night. " * 40 + "\n")
+    got = {name: opened_keys(spec, monkeypatch, stop) for name, (spec, stop) in pinned_jobs(tmp_path, tiny_llama_dir).items()}
+    assert got == PINNED_KEYS
+
+
+REPRODUCTION_RUNS = Path(__file__).resolve().parents[2] / "docs" / "reproduction-runs"
+
+
+def reads_back_unchanged(result: dict) -> bool:
+    """The typed result's to_dict is the JSON it was read from (floats, ints and absent keys included)."""
+    kinds = {cls.kind: cls for cls in (Stage0Run, SingleTaskRun, MultiTaskRun)}
+    typed = kinds[result["kind"]].from_dict(result)
+    return json.dumps(typed.to_dict(), sort_keys=True) == json.dumps(result, sort_keys=True)
+
+
+def test_committed_reproduction_runs_keep_their_keys_and_read_back_unchanged():
+    from trainer.runs import run_key
+
+    folders = sorted(p for p in REPRODUCTION_RUNS.iterdir() if (p / "result.json").exists())
+    assert len(folders) == 14
+    for folder in folders:
+        key = run_key(json.loads((folder / "key.json").read_text()))
+        result = json.loads((folder / "result.json").read_text())
+        assert result["key"] == key and folder.name == result["run_id"] and folder.name.endswith(key[:12])
+        assert reads_back_unchanged(result), folder.name  # written before trivial baselines, precision records, patience

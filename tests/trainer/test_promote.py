@@ -117,8 +117,11 @@ def test_single_task_jobs_missing_baselines_manifests_and_existing_routes(promo_
 
 
 def test_an_unreachable_registry_is_refused_before_training():
+    from mtserve.config import load_settings
+    from mtserve.tls import ensure_local_ca
     from mtserve_api.registry import RegistryClient
 
+    ensure_local_ca(load_settings().home)  # what a service's first start makes; alone, this test would not find one
     with RegistryClient("127.0.0.1:1", timeout=5) as client, pytest.raises(PreconditionError) as info:
         check_registry(client, "127.0.0.1:1")
     assert str(info.value).startswith("--promote: the registry at 127.0.0.1:1 is not reachable") and "Nothing was trained" in str(info.value)
@@ -132,9 +135,9 @@ def trained(tmp_path_factory, tiny_llama_dir):
     folder = tmp_path_factory.mktemp("promo-job")
     job = write_promotion_job(folder, tiny_llama_dir)
     result = run_job(load_job(job))
-    by = {r["task"]: r for r in result.rows}
+    by = {r.task: r for r in result.rows}
     # the toy job's construction (trainer/toy.py): two tasks qualify, one cannot
-    assert by["polarity"]["qualified"] and by["mood"]["qualified"] and by["stubborn"]["qualified"] is False, result.rows
+    assert by["polarity"].qualified and by["mood"].qualified and by["stubborn"].qualified is False, result.rows
     return folder, result
 
 
@@ -154,7 +157,7 @@ def test_a_changed_task_definition_is_not_promoted(trained, tmp_path, tiny_llama
 
         report = register_and_promote(result.to_dict(), store, promote=True, address="store")
         by = {t.task: t for t in report.tasks}
-        new = result.groups[0]["checkpoint"]["id"]
+        new = result.groups[0].run.checkpoint.id
         assert report.moved == ["mood"] and report.stayed == ["polarity", "stubborn"]
         assert "definition changed since training" in by["polarity"].reason and "version 2" in by["polarity"].reason
         assert by["mood"].task_version == 1 and by["mood"].route_after == {"checkpoint_id": new, "task_version": 1}
@@ -177,7 +180,7 @@ def test_register_only_leaves_routes_alone(trained, tmp_path, tiny_llama_dir):
     store = RegistryStore(f"sqlite:///{tmp_path / 'registry.db'}")
     try:
         report = register_and_promote(result.to_dict(), store, promote=False, address="store")
-        assert [c["id"] for c in report.registered] == [result.groups[0]["checkpoint"]["id"]] and report.registered[0]["changed"]
+        assert [c["id"] for c in report.registered] == [result.groups[0].run.checkpoint.id] and report.registered[0]["changed"]
         assert report.tasks == [] and store.get_routes()[0] == []
         assert store.get_checkpoint(report.registered[0]["id"]).path == str(Path(result.checkpoints[0]).resolve())
     finally:

@@ -15,15 +15,19 @@ from mtserve.inputs import Text
 from mtserve.models import load_checkpoint
 from mtserve.prompt import PromptRenderer
 from mtserve.tasks import Channel, parse_catalogue
+from trainer.checkpoint import read_state_meta
 from trainer.data import Example
 from trainer.toy import TOY_CATALOGUE
 from trainer.train import (
     AnswerLoss,
     EvalPoint,
+    EvalSummary,
     Feature,
     LoopSettings,
     StagePlan,
+    StoppedEarly,
     Trainer,
+    TrainProgress,
     collate,
     encode_task,
     group_by_length,
@@ -224,8 +228,8 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny_llama_dir, toy_dat
     assert same(weights(a), weights(b))
     assert not same(weights(a), weights(c))
     assert not same(weights(a), weights(fresh(tiny_llama_dir).model))
-    assert out_a.steps == 8 and [s["name"] for s in out_a.stages] == ["stage1", "stage2"]
-    assert out_a.stages[0]["epochs"] == {"sentiment": 8 / 16}  # stage 1 drew only its task
+    assert out_a.steps == 8 and [s.plan.name for s in out_a.stages] == ["stage1", "stage2"]
+    assert out_a.stages[0].epochs == {"sentiment": 8 / 16}  # stage 1 drew only its task
 
 
 class Scripted:
@@ -238,7 +242,7 @@ class Scripted:
     def __call__(self, model, stage, step, epochs):
         self.calls.append((stage, step))
         score = self.scores[len(self.calls) - 1]
-        return EvalPoint((score,), {"values": {"sentiment": score}}, {"sentiment": {"score": score}})
+        return EvalPoint((score,), EvalSummary({"sentiment": score}, {"sentiment": "accuracy"}, score), {"sentiment": {"score": score}})
 
 
 def test_best_evaluation_is_kept_and_untrained_best_means_the_base(tiny_llama_dir, toy_data, tmp_path):
@@ -246,15 +250,20 @@ def test_best_evaluation_is_kept_and_untrained_best_means_the_base(tiny_llama_di
     ev = Scripted([0.5, 0.6, 0.9, 0.7])
     model, out = train(tiny_llama_dir, toy_data, tmp_path / "best", plan=plan, evaluator=ev)
     assert ev.calls == [("single", 0), ("single", 2), ("single", 4), ("single", 6)]
-    assert out.best["step"] == 4 and out.best["weights"] == "single-0000004.safetensors"
+    assert out.best.step == 4 and out.best.weights == "single-0000004.safetensors"
     from safetensors.torch import load_file
 
-    snap = load_file(str(tmp_path / "best" / "best" / out.best["weights"]))
+    snap = load_file(str(tmp_path / "best" / "best" / out.best.weights))
     params = dict(model.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in snap.items())  # the model ends on the best weights
+    # the state saved at the end reads back as the progress it was written from
+    meta = read_state_meta(tmp_path / "best")
+    saved = TrainProgress.from_meta(meta)
+    assert saved.to_meta() == {k: meta[k] for k in saved.to_meta()}
+    assert (saved.best, saved.history, saved.steps) == (out.best, out.history, out.steps)
     # zero-shot best: no snapshot, the base model is the answer
     _, out0 = train(tiny_llama_dir, toy_data, tmp_path / "zero", plan=plan, evaluator=Scripted([0.9, 0.5, 0.5, 0.9]))
-    assert out0.best["step"] == 0 and out0.best["weights"] == "base"  # ties keep the earlier evaluation
+    assert out0.best.step == 0 and out0.best.weights == "base"  # ties keep the earlier evaluation
 
 
 class Crash(Exception):
@@ -297,7 +306,7 @@ def test_resume_at_a_stage_boundary(tiny_llama_dir, toy_data, tmp_path):
         train(tiny_llama_dir, toy_data, tmp_path / "x", emit=emit)
     events = []
     resumed, out = train(tiny_llama_dir, toy_data, tmp_path / "x", emit=events.append)
-    assert out.resumed_from["stage_index"] == 1
+    assert out.resumed_from is not None and out.resumed_from.stage_index == 1
     assert [e["stage"] for e in events if e["event"] == "stage_started"] == ["stage2"]
     assert same(weights(ref), weights(resumed))
 
@@ -349,29 +358,29 @@ def test_patience_stops_a_stage_that_no_longer_improves(tiny_llama_dir, toy_data
     ev = Scripted([0.5] * 30)  # never better than the zero-shot evaluation
     _model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=ev, emit=events.append)
     assert ev.calls == [("single", 0), ("single", 1), ("single", 2)]
-    assert out.steps == 2 and out.stages[-1]["steps_done"] == 2
-    assert out.stages[-1]["stopped_early"] == {"step": 2, "patience": 2, "best_step": 0}
-    assert out.stages[-1]["patience"] == 2  # the plan is in the stage record
+    assert out.steps == 2 and out.stages[-1].steps_done == 2
+    assert out.stages[-1].stopped_early == StoppedEarly(2, 2, 0)
+    assert out.stages[-1].plan.patience == 2  # the plan is in the stage record
     stops = [e for e in events if e["event"] == "early_stop"]
     assert stops == [{"event": "early_stop", "stage": "single", "step": 2, "steps": 20, "best_step": 0, "patience": 2}]
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2]
-    assert out.best["step"] == 0 and out.best["weights"] == "base"
+    assert out.best.step == 0 and out.best.weights == "base"
     # the state saved at the stop is a finished stage: a re-run resumes to nothing more
     assert events[-1]["event"] == "state_saved" and events[-1]["step"] == 2
     again: list[dict] = []
     _, out2 = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(20, 2), evaluator=Scripted([0.5] * 30), emit=again.append)
-    assert not [e for e in again if e["event"] in ("step", "eval")] and out2.best["step"] == 0
+    assert not [e for e in again if e["event"] in ("step", "eval")] and out2.best.step == 0
 
 
 def test_patience_counts_from_the_latest_best(tiny_llama_dir, toy_data, tmp_path):
     ev = Scripted([0.5, 0.6, 0.6, 0.7, 0.7, 0.65] + [0.6] * 20)
     model, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(12, 2), evaluator=ev)
     assert [s for _, s in ev.calls] == [0, 1, 2, 3, 4, 5]  # best at 3; 4 and 5 bring nothing new
-    assert out.stages[-1]["stopped_early"] == {"step": 5, "patience": 2, "best_step": 3}
-    assert out.best["step"] == 3 and out.best["weights"] == "single-0000003.safetensors"
+    assert out.stages[-1].stopped_early == StoppedEarly(5, 2, 3)
+    assert out.best.step == 3 and out.best.weights == "single-0000003.safetensors"
     from safetensors.torch import load_file
 
-    snap = load_file(str(tmp_path / "p" / "best" / out.best["weights"]))
+    snap = load_file(str(tmp_path / "p" / "best" / out.best.weights))
     params = dict(model.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in snap.items())  # the model ends on the best weights, not step 5's
 
@@ -382,20 +391,20 @@ def test_no_patience_or_no_selection_runs_every_step(tiny_llama_dir, toy_data, t
         ev = Scripted([0.5] * 10)
         _, out = train(tiny_llama_dir, toy_data, tmp_path / name, plan=plan, evaluator=ev, emit=events.append)
         assert out.steps == 6 and [s for _, s in ev.calls] == list(range(7)), name
-        assert "stopped_early" not in out.stages[-1] and not [e for e in events if e["event"] == "early_stop"]
+        assert out.stages[-1].stopped_early is None and not [e for e in events if e["event"] == "early_stop"]
 
 
 def test_patience_never_stops_on_the_last_step(tiny_llama_dir, toy_data, tmp_path):
     events: list[dict] = []
     _, out = train(tiny_llama_dir, toy_data, tmp_path / "p", plan=patience_plan(2, 2), evaluator=Scripted([0.5] * 5), emit=events.append)
-    assert out.steps == 2 and "stopped_early" not in out.stages[-1]  # patience ran out as the stage ended anyway
+    assert out.steps == 2 and out.stages[-1].stopped_early is None  # patience ran out as the stage ended anyway
     assert not [e for e in events if e["event"] == "early_stop"]
 
 
 def test_an_interrupted_stage_keeps_counting_patience_after_resume(tiny_llama_dir, toy_data, tmp_path):
     plan = patience_plan(20, 3)
     ref_model, ref = train(tiny_llama_dir, toy_data, tmp_path / "ref", plan=plan, evaluator=Scripted([0.5, 0.6] + [0.6] * 30))
-    assert ref.stages[-1]["stopped_early"] == {"step": 4, "patience": 3, "best_step": 1}
+    assert ref.stages[-1].stopped_early == StoppedEarly(4, 3, 1)
 
     def crash(event):  # SETTINGS.state_every is 2: state saved at step 2, two evaluations after the best
         if event.get("event") == "state_saved" and event["step"] == 2:
@@ -408,5 +417,5 @@ def test_an_interrupted_stage_keeps_counting_patience_after_resume(tiny_llama_di
     model, out = train(tiny_llama_dir, toy_data, tmp_path / "x", plan=plan, evaluator=ev, emit=events.append)
     assert next(e for e in events if e["event"] == "resumed")["step"] == 2
     assert ev.calls == [("single", 3), ("single", 4)]  # the evaluations before the crash still count
-    assert out.stages[-1]["stopped_early"] == {"step": 4, "patience": 3, "best_step": 1}
-    assert out.best["step"] == 1 and same(weights(model), weights(ref_model))
+    assert out.stages[-1].stopped_early == StoppedEarly(4, 3, 1)
+    assert out.best.step == 1 and same(weights(model), weights(ref_model))

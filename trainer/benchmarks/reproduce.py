@@ -160,12 +160,16 @@ def run_jobs(root: Path, names: list[str]) -> None:
 
 
 def baseline_results(root: Path) -> dict[str, dict[str, Any]]:
-    """The finished single-task runs of this setting, by task (the newest when a task has several)."""
+    """The finished single-task runs of this setting, by task. Two finished baselines of one task (a run of
+    an earlier data build or setting left in the root) are refused rather than one picked silently."""
     from trainer.runs import RunStore
 
     out: dict[str, dict[str, Any]] = {}
     for r in RunStore(root / "runs").finished():
         if r.get("kind") == "single_task" and r["task"] in CANDIDATES + GENERATION:
+            if r["task"] in out:
+                raise SystemExit(f"{root / 'runs'} holds two finished baselines of {r['task']}: {out[r['task']]['run_id']} and "
+                                 f"{r['run_id']}; remove the one this setting did not make")
             out[r["task"]] = r
     return out
 
@@ -344,12 +348,15 @@ def tables(root: Path, split: str) -> tuple[str, list[Any]]:
 
 
 def step_time_ratio(root: Path) -> str:
-    """The measured bf16/fp32 step-time ratio, when `trainer.benchmarks.precision` has written it under the root."""
+    """The bf16/fp32 step-time ratio that `python -m trainer.benchmarks.precision ... --out ROOT/precision.json`
+    measured (arms alternated over the same batches, in one process)."""
     path = root / "precision.json"
     if not path.exists():
-        return "bf16/fp32 step time: not measured in this root (python -m trainer.benchmarks.precision)."
+        return "bf16/fp32 step time: not measured in this root (python -m trainer.benchmarks.precision ... --out ROOT/precision.json)."
     data = json.loads(path.read_text())
-    return f"bf16/fp32 step time: {data.get('ratio')} ({data.get('summary', '')})."
+    s = data["seconds_per_step"]
+    return (f"bf16/fp32 step time: {data['ratio_bf16_over_fp32']:.2f} (fp32 {s['fp32']:.2f} s, bf16 {s['bf16']:.2f} s per forward+backward "
+            f"of {data.get('task', '?')} batches; largest relative loss difference {data['loss_max_relative_difference']:.4f}).")
 
 
 def report(root: Path) -> str:
