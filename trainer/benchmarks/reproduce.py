@@ -79,6 +79,11 @@ EVAL_EVERY = 25
 PATIENCE = 4
 LR = 3.0e-4  # the learning-rate sweep's choice for full fine-tuning of a model under 1B (docs/training.md)
 TAU = 3.33
+# Pinned, not `auto`: the runs are cached by key and resumed across sessions on whatever machine a session gets
+# (an AMX Xeon one day, an AMD EPYC without any bf16 units the next, where a bf16 matmul ran 80x slower than
+# float32: 1.2 vs 97 GFLOP/s). `auto` would put a different precision in the key on each and split one
+# reproduction between two precisions. float32 is fast everywhere; precision.json records what bf16 would buy.
+PRECISION = "fp32"
 SATURATION_EPOCHS = 5.0
 
 COMMON: dict[str, Any] = {
@@ -87,7 +92,7 @@ COMMON: dict[str, Any] = {
     "finetune": "full",
     "max_seq_len": 160,
     "seed": 0,
-    "training": {"lr": LR, "micro_batch": PER_STEP, "grad_accum": 1, "state_every_steps": 25, "precision": "auto"},
+    "training": {"lr": LR, "micro_batch": PER_STEP, "grad_accum": 1, "state_every_steps": 25, "precision": PRECISION},
     "baselines": {"epochs": BASELINE_EPOCHS, "max_steps": BASELINE_MAX_STEPS},
     "resources": {"saturation_epochs": SATURATION_EPOCHS},
     "eval": {"every_steps": EVAL_EVERY, "patience": PATIENCE, "dev_cap": DEV_CAP, "test": True, "batch_size": 32},
@@ -372,7 +377,7 @@ def report(root: Path) -> str:
         f"{torch.get_num_threads()} threads, torch {torch.__version__})  \n"
         f"Setting: train sizes {', '.join(f'{t} {n}' for t, n in TRAIN_SIZES.items())}; inputs cut to {BUDGET_TOKENS} tokens; "
         f"dev = a label-stratified sample of {DEV_CAP}, test up to {TEST_CAP}; full fine-tuning, lr {LR:g}, {PER_STEP} examples a step, "
-        f"precision auto; baselines: dev every {EVAL_EVERY} steps, patience {PATIENCE}, at most {BASELINE_EPOCHS:g} epochs "
+        f"precision {PRECISION}; baselines: dev every {EVAL_EVERY} steps, patience {PATIENCE}, at most {BASELINE_EPOCHS:g} epochs "
         f"({BASELINE_MAX_STEPS} steps).  \n{step_time_ratio(root)}\n"),
         "### Task selection (baselines only)\n\n" + selection_markdown(selection),
     ]
