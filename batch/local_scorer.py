@@ -39,11 +39,13 @@ class LocalScorer:
     def from_settings(cls, settings: Settings) -> LocalScorer:
         # torch and transformers are imported here, in the worker process after the fork.
         from mtserve.engine import Engine
-        from mtserve.models import load_checkpoint, resolve_model_path
+        from mtserve.models import resolve_model_path
+        from mtserve.serving_precision import load_for_serving
 
         catalogue = load_batch_catalogue(settings)
         path = resolve_model_path(settings.batch.checkpoint, settings.checkpoints_root)
-        loaded = load_checkpoint(path, device=settings.device, dtype=settings.dtype, root=settings.checkpoints_root)
+        # As the inference service loads it: `dtype: auto` is decided by the same measurement, so both answer alike.
+        loaded = load_for_serving(path, device=settings.device, dtype=settings.dtype, root=settings.checkpoints_root)
         engine = Engine(
             loaded.model, loaded.tokenizer, catalogue.truncation, max_batch_tokens=settings.inference.max_batch_tokens, name=loaded.id
         )

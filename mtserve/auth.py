@@ -100,9 +100,10 @@ class TokenStore:
     lock around every change) and threads; `authenticate` re-reads the file
     when its modification time or size changed."""
 
-    def __init__(self, home: Path):
-        self.dir = auth_dir(home)
-        self.path = self.dir / "tokens.json"
+    def __init__(self, home: Path, path: Path | None = None):
+        """The store of `home` (<home>/auth/tokens.json), or the file at `path` (auth.tokens_file)."""
+        self.dir = path.parent if path is not None else auth_dir(home)
+        self.path = path if path is not None else self.dir / "tokens.json"
         self._lock = threading.Lock()
         self._seen: tuple[int, int] | None = None
         self._tokens: dict[str, Token] = {}

@@ -21,6 +21,7 @@ from mtserve.errors import ValidationError
 from mtserve.files import load_yaml
 
 if TYPE_CHECKING:
+    from mtserve.auth import TokenStore
     from mtserve.tls import ClientPems, ServerPems
 
 ENV_PREFIX = "MTSERVE_"
@@ -196,7 +197,9 @@ class BatchSettings(_Section):
     max_rounds: int = Field(default=10, ge=1)
     # "grpc" scores through the inference service; "local" loads the engine in the worker.
     scorer: Literal["grpc", "local"] = "grpc"
-    inference_address: str | None = None  # defaults to inference.address
+    # A gRPC target: HOST:PORT, or several replicas as dns:///NAME:PORT or
+    # ipv4:H:P,H:P (docs/services.md, "Replicas"). Defaults to inference.address.
+    inference_address: str | None = None
     # Local scorer: the task catalogue (default: the built-in hotel catalogue)
     # and the checkpoint, a folder or an id under checkpoints_dir (default: the
     # prepared default model).
@@ -247,13 +250,22 @@ class TrainerSettings(_Section):
     # The service runs jobs whose folders (and output folders) lie inside this
     # one; under home by default (`<home>/training`).
     root: str | None = None
-    # One folder per job (job.json, the spec, its event log, stderr); under home by default.
+    # A train worker's work folder per job (the spec it runs, stderr), on the
+    # worker's machine; under home by default. Job records live in database_url.
     jobs_dir: str | None = None
     # Where jobs register their checkpoints and promote routes (default: registry.address).
     registry_address: str | None = None
-    # Jobs running at once; more wait as QUEUED. Two trainings on the same
-    # cores or GPU are each much slower than half speed (docs/training.md).
-    max_running_jobs: int = Field(default=1, ge=1)
+    # Job records and their progress events (services/trainer/store.py): the
+    # service and every train worker must reach it; a SQLite file under home by
+    # default, `postgresql+psycopg://...` across machines.
+    database_url: str | None = None
+    # Train queue (services/trainer/celery_app.py, broker batch.broker_url):
+    # Redis hands an unacknowledged job back after this many seconds, which is
+    # how soon a job held by a dead machine's worker resumes elsewhere.
+    visibility_timeout: int = Field(default=3600, ge=2)
+    # A running job's worker heartbeats its record; one silent this long is
+    # taken for dead, and a redelivered job may then resume on another worker.
+    lease_seconds: float = Field(default=60.0, gt=0)
     # Cancelling (and stopping the service): SIGTERM to the job's process
     # group, SIGKILL after this long.
     cancel_grace_seconds: float = Field(default=10.0, ge=0)
@@ -286,6 +298,12 @@ class AuthSettings(_Section):
     # token <home>/auth/admin.token when it exists.
     token: str | None = Field(default=None, repr=False)
     token_file: str | None = None
+    # Servers: the token store (sha256 hashes only) calls are checked
+    # against. Default <home>/auth/tokens.json, with the local admin token
+    # made on first start. Given (a read-only secret in a container), it is
+    # only read: the operator makes the tokens (`mtserve tokens create` on
+    # the home the file comes from) and no local admin token is made.
+    tokens_file: str | None = None
 
 
 class TlsSettings(_Section):
@@ -314,6 +332,10 @@ class TlsSettings(_Section):
 class Settings(_Section):
     home: Path = Field(default_factory=mtserve_home)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: float32 on a CPU, float16 on a GPU without bf16; where the bf16 probe
+    # (mtserve.precision) finds bf16 units, serving (the inference service, the
+    # batch local scorer) measures bf16 against float32 at load and keeps it only
+    # if the answers match (mtserve/serving_precision.py; ModelInfo says which).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     checkpoints_dir: str | None = None  # under home by default
     log_level: str = "INFO"
@@ -340,6 +362,21 @@ class Settings(_Section):
             return read_token_file(Path(self.auth.token_file).expanduser())
         local = admin_token_path(self.home)
         return read_token_file(local) if local.exists() else None
+
+    def server_token_store(self) -> TokenStore:
+        """The tokens a server checks: auth.tokens_file, read only; else this
+        home's store, with the local admin token made on first use."""
+        from mtserve.auth import TokenStore, ensure_local_admin
+
+        if self.auth.tokens_file:
+            path = Path(self.auth.tokens_file).expanduser()
+            if not path.is_file():
+                from mtserve.errors import PreconditionError
+
+                raise PreconditionError(f"auth.tokens_file {path} does not exist (make it with `mtserve tokens create` on the home it comes from)")
+            return TokenStore(self.home, path)
+        ensure_local_admin(self.home)
+        return TokenStore(self.home)
 
     def server_tls(self) -> ServerPems | None:
         """What a server presents (None: TLS off): the configured files, else
@@ -421,6 +458,10 @@ class Settings(_Section):
         return Path(self.trainer.jobs_dir).expanduser() if self.trainer.jobs_dir else self.home / "trainer-jobs"
 
     @property
+    def trainer_database_url(self) -> str:
+        return self.trainer.database_url or f"sqlite:///{self.home / 'trainer.db'}"
+
+    @property
     def trainer_root(self) -> Path:
         return Path(self.trainer.root).expanduser() if self.trainer.root else self.home / "training"
 
@@ -449,6 +490,7 @@ NOT_SETTINGS = frozenset({"MTSERVE_CONFIG", "MTSERVE_CPU_BF16"})
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    # Not pydantic-settings: it drops a MTSERVE_* variable naming no setting (pydantic-settings#985); this refuses it, naming it.
     layer: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith(ENV_PREFIX):

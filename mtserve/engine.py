@@ -6,11 +6,17 @@ A batch of requests (any mix of tasks and inputs) is scored as a tree:
     level 2  each (input, task[, label asked]) suffix  extends the prefix KV cache
     level 3  the remaining tokens of every label path  teacher-forced, extends level 2
 
-so a conversation scored on 17 tasks pays for its prefix once. Label
-probabilities are exact: the product of the token probabilities along each
-label's path, renormalized over the task's labels; when every label is one
-distinct token, level 2 alone decides. Generation tasks decode greedily from
-level 2 until the end-of-answer token or their bound.
+so a conversation scored on 17 tasks pays for its prefix once. The tree
+pays only where a prefix is shared: a prefix asked one question (one task
+that is not multi-label, and nothing else on that input) is run with its
+suffix in level 1, as one sequence, so a lone request with one-token labels
+costs one forward pass, not two; its level 3 extends level 1.
+
+Label probabilities are exact: the product of the token probabilities along
+each label's path, renormalized over the task's labels; when every label is
+one distinct token, the question's pass alone decides. Generation tasks
+decode greedily from the question's pass until the end-of-answer token or
+their bound.
 
 Rows of a level are right-padded, so a row's cache may hold padding in the
 middle; attention masks mark it and position ids come from the mask, so a
@@ -171,44 +177,55 @@ class Engine:
         by_prefix: dict[int, list[_Query]] = {}
         for q in queries:
             by_prefix.setdefault(q.prefix, []).append(q)
-        order = sorted(by_prefix, key=lambda p: len(rendered[p].ids))
-        for group in _pack([len(rendered[p].ids) for p in order], self.max_batch_tokens):
-            group_prefixes = [order[k] for k in group]
-            cache, mask = self._forward_prefixes([rendered[p].ids for p in group_prefixes])
-            row_of = {p: r for r, p in enumerate(group_prefixes)}
-            group_queries = [q for p in group_prefixes for q in by_prefix[p]]
-            self._run_suffixes(cache, mask, row_of, group_queries)
+        # Level 1 rows: a prefix asked one question is run with its suffix, as one sequence.
+        rows = [(p, rendered[p].ids + (qs[0].suffix if len(qs) == 1 else ())) for p, qs in by_prefix.items()]
+        rows.sort(key=lambda row: len(row[1]))
+        for group in _pack([len(ids) for _, ids in rows], self.max_batch_tokens):
+            prefixes = [rows[k][0] for k in group]
+            last, cache, mask = self._forward_prefixes([rows[k][1] for k in group])
+            lone = [r for r, p in enumerate(prefixes) if len(by_prefix[p]) == 1]
+            if lone:
+                first = torch.log_softmax(last[lone].float(), dim=-1)
+                self._continue([by_prefix[prefixes[r]][0] for r in lone], lone, first, cache, mask)
+            row_of = {p: r for r, p in enumerate(prefixes) if len(by_prefix[p]) > 1}
+            if row_of:
+                self._run_suffixes(cache, mask, row_of, [q for p in row_of for q in by_prefix[p]])
 
     def _run_suffixes(self, cache: DynamicCache, mask: torch.Tensor, row_of: dict[int, int], queries: list[_Query]) -> None:
+        """Level 2: the questions of the shared prefixes, each a row extending its prefix's cache row."""
         width = mask.shape[1]
         lengths = [width + len(q.suffix) for q in queries]
         for chunk in _pack(lengths, self.max_batch_tokens):
             qs = [queries[k] for k in chunk]
             parents = torch.tensor([row_of[q.prefix] for q in qs], device=self.device)
             logits, cache2, mask2 = self._extend(_select(cache, parents), mask.index_select(0, parents), [list(q.suffix) for q in qs], last_only=True)
-            first = torch.log_softmax(logits.float(), dim=-1)
-            self._score_labels([q for q in qs if q.trie is not None], qs, first, cache2, mask2)
-            gen = [k for k, q in enumerate(qs) if q.trie is None]
-            if gen:
-                self._generate([qs[k] for k in gen], first[gen], _select(cache2, torch.tensor(gen, device=self.device)), mask2[gen])
+            self._continue(qs, list(range(len(qs))), torch.log_softmax(logits.float(), dim=-1), cache2, mask2)
 
-    def _score_labels(
-        self, label_qs: list[_Query], qs: list[_Query], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor
-    ) -> None:
+    def _continue(self, qs: list[_Query], rows: list[int], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """From each question's next-token log-probabilities (`first[k]`; its
+        cache row `rows[k]`, which holds the question): label paths (level 3)
+        or greedy generation. Neither changes `cache`: they extend copies."""
+        labelled = [k for k, q in enumerate(qs) if q.trie is not None]
+        if labelled:
+            self._score_labels([qs[k] for k in labelled], [rows[k] for k in labelled], first[labelled], cache, mask)
+        gen = [k for k, q in enumerate(qs) if q.trie is None]
+        if gen:
+            picked = torch.tensor([rows[k] for k in gen], device=self.device)
+            self._generate([qs[k] for k in gen], first[gen], _select(cache, picked), mask.index_select(0, picked))
+
+    def _score_labels(self, qs: list[_Query], rows: list[int], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
         # Level 3 rows: every label path longer than one token, teacher forced.
-        rows: list[tuple[_Query, int, int]] = []  # (query, label index, parent row)
-        index = {id(q): k for k, q in enumerate(qs)}
-        for q in label_qs:
-            row = index[id(q)]
-            q.step_logprobs = [first[row, path[0]].reshape(1) for path in q.trie.paths]  # type: ignore[union-attr]
+        level3: list[tuple[_Query, int, int]] = []  # (query, label index, parent row)
+        for k, (q, row) in enumerate(zip(qs, rows)):
+            q.step_logprobs = [first[k, path[0]].reshape(1) for path in q.trie.paths]  # type: ignore[union-attr]
             for j, path in enumerate(q.trie.paths):  # type: ignore[union-attr]
                 if len(path) > 1:
-                    rows.append((q, j, row))
-        if not rows:
+                    level3.append((q, j, row))
+        if not level3:
             return
         width = mask.shape[1]
-        for chunk in _pack([width + len(q.trie.paths[j]) for q, j, _ in rows], self.max_batch_tokens):  # type: ignore[union-attr]
-            sel = [rows[k] for k in chunk]
+        for chunk in _pack([width + len(q.trie.paths[j]) for q, j, _ in level3], self.max_batch_tokens):  # type: ignore[union-attr]
+            sel = [level3[k] for k in chunk]
             parents = torch.tensor([r for _, _, r in sel], device=self.device)
             tokens = [list(q.trie.paths[j][:-1]) for q, j, _ in sel]  # type: ignore[union-attr]
             logits, _, _ = self._extend(_select(cache, parents), mask.index_select(0, parents), tokens)
@@ -238,8 +255,10 @@ class Engine:
             next_tokens = logits.argmax(dim=-1).tolist()
             live = still
 
-    def _forward_prefixes(self, prefixes: list[tuple[int, ...]]) -> tuple[DynamicCache, torch.Tensor]:
-        """Level 1: left-padded, so every prefix ends at the last column."""
+    def _forward_prefixes(self, prefixes: list[tuple[int, ...]]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        """Level 1: left-padded, so every row ends at the last column. Returns
+        the logits there ([rows, vocab]: the answer's first token for a row
+        that carries its question), the cache and the mask."""
         width = max(len(p) for p in prefixes)
         ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prefixes), width), dtype=torch.long)
@@ -249,8 +268,8 @@ class Engine:
         ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache(config=self.model.config)
         # `cache=`: transformers 5.24's name (`past_key_values` is removed in 5.40).
-        self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True, logits_to_keep=1)
-        return cache, mask
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], cache, mask
 
     def _extend(
         self, cache: DynamicCache, mask: torch.Tensor, tokens: list[list[int]], *, last_only: bool = False

@@ -18,6 +18,7 @@ class ValidationError(MtserveError, ValueError):
         self.field = field
         self.rule = rule
         self.value = value
+        self.show_value = show_value
         message = f"{field}: {rule}"
         if show_value:
             message += f" (got {_short(value)})"

@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from mtserve.auth import Role, TokenStore, ensure_local_admin
+from mtserve.auth import Role, TokenStore
 from mtserve.config import is_loopback
 from mtserve.errors import PreconditionError, UnavailableError
 
@@ -96,10 +96,7 @@ def metrics_endpoint(settings: Any, component: str, address: str) -> MetricsEndp
         return None
     if not is_loopback(address) and not (settings.tls.enabled and settings.auth.enabled):
         raise PreconditionError(f"{component}.metrics_address {address} is not a loopback address: it needs tls.enabled and auth.enabled")
-    tokens = None
-    if settings.auth.enabled:
-        ensure_local_admin(settings.home)
-        tokens = TokenStore(settings.home)
+    tokens = settings.server_token_store() if settings.auth.enabled else None
     return MetricsEndpoint(address, tokens, settings.server_tls_files())
 
 

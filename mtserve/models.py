@@ -69,6 +69,8 @@ class LoadedModel:
     tokenizer: Any
     manifest: Manifest
     path: Path
+    # What the weights run in and why, when serving chose it (mtserve/serving_precision.py).
+    dtype_reason: str = ""
 
     @property
     def id(self) -> str:

@@ -239,6 +239,8 @@ class CheckpointInfo:
     error: str
     queue_depth: int
     tasks: tuple[str, ...]
+    dtype: str = ""  # what its weights run in; empty until loaded
+    dtype_reason: str = ""  # set by configuration, or what `dtype: auto` measured (mtserve/serving_precision.py)
 
 
 @dataclass(frozen=True)

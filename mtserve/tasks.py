@@ -2,9 +2,11 @@
 
 A task is what the paper calls a "text-to-text" task (section 4.1.2): an
 instruction (the task-specific prefix), the kind of input it reads, a taxonomy
-and its labels with the verbalizer text the model emits. Every rule has an
-exact message naming the field, the rule and the value given, because the
-people reading them are ops engineers editing a YAML file.
+and its labels with the verbalizer text the model emits. The file form is the
+pydantic models TaskSpec, LabelSpec, BudgetSpec and CatalogueSpec (one
+documented field each). Every rule has an exact message naming the field, the
+rule and the value given, because the people reading them are ops engineers
+editing a YAML file.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import hashlib
 import json
 import re
 import string
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from mtserve.errors import NotFoundError, ValidationError
 from mtserve.files import load_yaml
@@ -174,208 +179,6 @@ class Task:
         return parse_task(data, where)
 
 
-_TASK_KEYS = {
-    "name", "version", "title", "description", "instruction", "input_kind", "taxonomy",
-    "labels", "metric", "channels", "max_input_tokens", "threshold", "max_new_tokens",
-}
-_LABEL_KEYS = {"name", "verbalizer", "value", "description"}
-_DEFAULT_METRIC = {
-    Taxonomy.BINARY: Metric.ACCURACY,
-    Taxonomy.ORDINAL: Metric.ACCURACY,
-    Taxonomy.MULTICLASS: Metric.ACCURACY,
-    Taxonomy.MULTILABEL: Metric.MICRO_F1,
-    Taxonomy.GENERATION: Metric.ROUGE_L,
-}
-
-
-def _enum(enum_cls: type[StrEnum], value: Any, where: str) -> Any:
-    try:
-        return enum_cls(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in enum_cls)
-        raise ValidationError(where, f"must be one of {allowed}", value) from None
-
-
-def _str(data: Mapping[str, Any], key: str, where: str, *, required: bool = True, default: str = "") -> str:
-    value = data.get(key, None)
-    if value is None:
-        if required:
-            raise ValidationError(f"{where}.{key}", "is required", None, show_value=False)
-        return default
-    if not isinstance(value, str):
-        raise ValidationError(f"{where}.{key}", "must be a string", value)
-    return value
-
-
-def _int(data: Mapping[str, Any], key: str, where: str, default: int, lo: int, hi: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(f"{where}.{key}", "must be an integer", value)
-    if not lo <= value <= hi:
-        raise ValidationError(f"{where}.{key}", f"must be between {lo} and {hi}", value)
-    return value
-
-
-def _no_unknown_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ValidationError(f"{where}.{key}", f"unknown key; allowed keys are {sorted(allowed)}", key, show_value=False)
-
-
-def check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValidationError(where, f"must match {NAME_RE.pattern}", name)
-    return name
-
-
-# An instruction is a sentence or a short paragraph; this bounds what one
-# registered task can add to every prompt it is asked in.
-MAX_INSTRUCTION_CHARS = 4000
-
-
-def placeholders(template: str, where: str) -> set[str]:
-    """The `{field}` names a template uses. Unbalanced braces are an error, and
-    so is a format spec or conversion (`{labels:>9999}`, `{labels!r}`): they
-    would fail or blow up at render time, inside a batch of other requests."""
-    try:
-        fields = [(fname, spec, conv) for _, fname, spec, conv in string.Formatter().parse(template) if fname is not None]
-    except ValueError as exc:
-        raise ValidationError(where, f"is not a valid template ({exc}; write literal braces as '{{{{' and '}}}}')", template) from None
-    for fname, spec, conv in fields:
-        if spec or conv:
-            shown = "{" + fname + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-            raise ValidationError(where, f"placeholders take no format spec or conversion (write {{{fname}}}, not {shown})", template)
-    return {fname for fname, _, _ in fields}
-
-
-def _parse_labels(raw: Any, taxonomy: Taxonomy, where: str) -> tuple[Label, ...]:
-    if taxonomy is Taxonomy.GENERATION:
-        if raw:
-            raise ValidationError(where, "must be empty for a generation task", raw)
-        return ()
-    if not isinstance(raw, list):
-        raise ValidationError(where, "must be a list of labels", raw)
-    minimum = 1 if taxonomy is Taxonomy.MULTILABEL else 2
-    if len(raw) < minimum:
-        raise ValidationError(where, f"a {taxonomy.value} task needs at least {minimum} labels", len(raw))
-    if taxonomy is Taxonomy.BINARY and len(raw) != 2:
-        raise ValidationError(where, "a binary task has exactly 2 labels", len(raw))
-    labels: list[Label] = []
-    for i, item in enumerate(raw):
-        at = f"{where}[{i}]"
-        if isinstance(item, str):  # shorthand: the name is its own verbalizer
-            item = {"name": item, "verbalizer": item}
-        if not isinstance(item, Mapping):
-            raise ValidationError(at, "must be a mapping with name and verbalizer", item)
-        _no_unknown_keys(item, _LABEL_KEYS, at)
-        name = _str(item, "name", at)
-        verbalizer = _str(item, "verbalizer", at, required=False, default=name)
-        if not name.strip():
-            raise ValidationError(f"{at}.name", "must not be empty", name)
-        if not verbalizer.strip():
-            raise ValidationError(f"{at}.verbalizer", "must not be empty", verbalizer)
-        if verbalizer != verbalizer.strip() or "\n" in verbalizer:
-            raise ValidationError(f"{at}.verbalizer", "must not start or end with white space or contain a newline", verbalizer)
-        value = item.get("value")
-        if taxonomy is Taxonomy.ORDINAL:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValidationError(f"{at}.value", "an ordinal label needs a numeric value giving its order", value)
-            value = float(value)
-        elif value is not None:
-            raise ValidationError(f"{at}.value", f"only ordinal labels carry a value, this task is {taxonomy.value}", value)
-        labels.append(Label(name=name, verbalizer=verbalizer, value=value, description=str(item.get("description") or "")))
-    seen_names: dict[str, int] = {}
-    seen_verbalizers: dict[str, int] = {}
-    for i, label in enumerate(labels):
-        if label.name in seen_names:
-            raise ValidationError(f"{where}[{i}].name", f"duplicate label name (also labels[{seen_names[label.name]}])", label.name)
-        seen_names[label.name] = i
-        folded = label.verbalizer.casefold()
-        if folded in seen_verbalizers:
-            raise ValidationError(
-                f"{where}[{i}].verbalizer",
-                f"duplicate verbalizer (same as labels[{seen_verbalizers[folded]}] ignoring case)",
-                label.verbalizer,
-            )
-        seen_verbalizers[folded] = i
-    if taxonomy is Taxonomy.ORDINAL:
-        values = [label.value for label in labels]
-        for i in range(1, len(values)):
-            if not values[i] > values[i - 1]:  # type: ignore[operator]
-                raise ValidationError(
-                    f"{where}[{i}].value", "ordinal labels must be listed in strictly increasing order of value", values[i]
-                )
-    return tuple(labels)
-
-
-def parse_task(data: Mapping[str, Any], where: str = "task") -> Task:
-    """Build and validate a Task from its YAML/JSON mapping."""
-    if not isinstance(data, Mapping):
-        raise ValidationError(where, "must be a mapping", data)
-    _no_unknown_keys(data, _TASK_KEYS, where)
-    name = check_name(data.get("name"), f"{where}.name")
-    where = f"{where}({name})"
-    version = data.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
-        raise ValidationError(f"{where}.version", "must be a positive integer", version)
-    taxonomy = _enum(Taxonomy, data.get("taxonomy"), f"{where}.taxonomy")
-    input_kind = _enum(InputKind, data.get("input_kind"), f"{where}.input_kind")
-    instruction = _str(data, "instruction", where)
-    if not instruction.strip():
-        raise ValidationError(f"{where}.instruction", "must not be empty", instruction)
-    unknown = placeholders(instruction, f"{where}.instruction") - INSTRUCTION_PLACEHOLDERS
-    if unknown:
-        raise ValidationError(
-            f"{where}.instruction",
-            f"uses placeholder(s) {sorted(unknown)} that do not exist; allowed: {sorted(INSTRUCTION_PLACEHOLDERS)}",
-            instruction,
-        )
-    if taxonomy is Taxonomy.GENERATION and "labels" in placeholders(instruction, where):
-        raise ValidationError(f"{where}.instruction", "a generation task has no labels to list", instruction)
-    labels = _parse_labels(data.get("labels"), taxonomy, f"{where}.labels")
-    rendered = instruction.format(labels=", ".join(label.verbalizer for label in labels))  # exactly what the renderer does
-    if len(rendered) > MAX_INSTRUCTION_CHARS:
-        raise ValidationError(
-            f"{where}.instruction", f"renders to {len(rendered)} characters with its labels; at most {MAX_INSTRUCTION_CHARS}", instruction[:80] + "..."
-        )
-    metric = _enum(Metric, data.get("metric", _DEFAULT_METRIC[taxonomy].value), f"{where}.metric")
-    if metric not in ALLOWED_METRICS[taxonomy]:
-        allowed = sorted(m.value for m in ALLOWED_METRICS[taxonomy])
-        raise ValidationError(f"{where}.metric", f"a {taxonomy.value} task allows metrics {allowed}", metric.value)
-    raw_channels = data.get("channels")
-    if not isinstance(raw_channels, list) or not raw_channels:
-        raise ValidationError(f"{where}.channels", "must be a non-empty list of channels", raw_channels)
-    channels = tuple(_enum(Channel, c, f"{where}.channels[{i}]") for i, c in enumerate(raw_channels))
-    if len(set(channels)) != len(channels):
-        raise ValidationError(f"{where}.channels", "must not repeat a channel", raw_channels)
-    if input_kind is InputKind.CONVERSATION:
-        bad = [c.value for c in channels if c not in CONVERSATION_CHANNELS]
-        if bad:
-            raise ValidationError(f"{where}.channels", "a conversation task applies to call and/or im only", bad)
-    threshold = data.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
-        raise ValidationError(f"{where}.threshold", "must be a number strictly between 0 and 1", threshold)
-    if "threshold" in data and taxonomy is not Taxonomy.MULTILABEL:
-        raise ValidationError(f"{where}.threshold", "only multi-label tasks have a threshold", threshold)
-    if "max_new_tokens" in data and taxonomy is not Taxonomy.GENERATION:
-        raise ValidationError(f"{where}.max_new_tokens", "only generation tasks have max_new_tokens", data["max_new_tokens"])
-    return Task(
-        name=name,
-        version=version,
-        title=_str(data, "title", where, required=False),
-        description=_str(data, "description", where, required=False),
-        instruction=instruction,
-        input_kind=input_kind,
-        taxonomy=taxonomy,
-        labels=labels,
-        metric=metric,
-        channels=channels,
-        max_input_tokens=_int(data, "max_input_tokens", where, 2048, MIN_INPUT_TOKENS, MAX_INPUT_TOKENS),
-        threshold=float(threshold),
-        max_new_tokens=_int(data, "max_new_tokens", where, 128, 1, 4096),
-    )
-
-
 # -- catalogues -----------------------------------------------------------------
 
 
@@ -430,31 +233,14 @@ class TruncationPolicy:
 
     @classmethod
     def from_list(cls, raw: Any, where: str = "truncation") -> TruncationPolicy:
+        """Budgets from their YAML/JSON list (BudgetSpec); None: the defaults."""
         if raw is None:
             return cls()
-        if not isinstance(raw, list):
-            raise ValidationError(where, "must be a list of budgets", raw)
-        budgets = []
-        seen = set()
-        for i, item in enumerate(raw):
-            at = f"{where}[{i}]"
-            if not isinstance(item, Mapping):
-                raise ValidationError(at, "must be a mapping", item)
-            _no_unknown_keys(item, {"input_kind", "channel", "max_tokens", "keep_first_turns"}, at)
-            kind = _enum(InputKind, item.get("input_kind"), f"{at}.input_kind")
-            channel = None if item.get("channel") is None else _enum(Channel, item.get("channel"), f"{at}.channel")
-            if (kind, channel) in seen:
-                raise ValidationError(at, "duplicate budget for this input kind and channel", (kind.value, channel))
-            seen.add((kind, channel))
-            budgets.append(
-                TruncationBudget(
-                    input_kind=kind,
-                    channel=channel,
-                    max_tokens=_int(item, "max_tokens", at, 1024, MIN_INPUT_TOKENS, MAX_INPUT_TOKENS),
-                    keep_first_turns=_int(item, "keep_first_turns", at, 1, 0, 64),
-                )
-            )
-        return cls(tuple(budgets))
+        try:
+            specs = _BUDGETS.validate_python(raw)
+        except PydanticValidationError as exc:
+            raise _refusal(exc, raw, where, BudgetSpec) from None
+        return cls(tuple(s.to_budget() for s in specs))
 
 
 @dataclass(frozen=True)
@@ -485,26 +271,429 @@ class Catalogue:
         return out
 
 
+# -- the file form ----------------------------------------------------------------------
+#
+# Task, Label and the catalogue types above stay plain frozen dataclasses: code
+# and tests build and `dataclasses.replace` them in process, and the engine is
+# tested on a task that never passed these rules. What a catalogue file (or a
+# task's JSON in the registry, or a protobuf message) may say is the *Spec
+# models below: pydantic, as config.py and trainer/job.py, one documented field
+# each. `_refusal` turns the first thing pydantic refuses into the project's
+# ValidationError with the field's dotted path, the rule and the value.
+
+_DEFAULT_METRIC = {
+    Taxonomy.BINARY: Metric.ACCURACY,
+    Taxonomy.ORDINAL: Metric.ACCURACY,
+    Taxonomy.MULTICLASS: Metric.ACCURACY,
+    Taxonomy.MULTILABEL: Metric.MICRO_F1,
+    Taxonomy.GENERATION: Metric.ROUGE_L,
+}
+
+
+def check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValidationError(where, f"must match {NAME_RE.pattern}", name)
+    return name
+
+
+# An instruction is a sentence or a short paragraph; this bounds what one
+# registered task can add to every prompt it is asked in.
+MAX_INSTRUCTION_CHARS = 4000
+
+
+def placeholders(template: str, where: str) -> set[str]:
+    """The `{field}` names a template uses. Unbalanced braces are an error, and
+    so is a format spec or conversion (`{labels:>9999}`, `{labels!r}`): they
+    would fail or blow up at render time, inside a batch of other requests."""
+    try:
+        fields = [(fname, spec, conv) for _, fname, spec, conv in string.Formatter().parse(template) if fname is not None]
+    except ValueError as exc:
+        raise ValidationError(where, f"is not a valid template ({exc}; write literal braces as '{{{{' and '}}}}')", template) from None
+    for fname, spec, conv in fields:
+        if spec or conv:
+            shown = "{" + fname + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValidationError(where, f"placeholders take no format spec or conversion (write {{{fname}}}, not {shown})", template)
+    return {fname for fname, _, _ in fields}
+
+
+# Field types. A rule raises ValueError (the value is the one the field was
+# given) or ValidationError with a path relative to the model that checks it.
+def _one_of(enum_cls: type[StrEnum], *, optional: bool = False) -> BeforeValidator:
+    allowed = ", ".join(m.value for m in enum_cls)
+
+    def check(value: Any) -> Any:
+        if value is None and optional:
+            return None
+        try:
+            return enum_cls(value)
+        except ValueError:
+            raise ValueError(f"must be one of {allowed}") from None
+
+    return BeforeValidator(check)
+
+
+def _between(lo: int, hi: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _positive(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _name(value: Any) -> str:
+    return check_name(value, "")
+
+
+def _instruction(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    unknown = placeholders(value, "") - INSTRUCTION_PLACEHOLDERS
+    if unknown:
+        raise ValueError(f"uses placeholder(s) {sorted(unknown)} that do not exist; allowed: {sorted(INSTRUCTION_PLACEHOLDERS)}")
+    return value
+
+
+def _threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise ValueError("must be a number strictly between 0 and 1")
+    return float(value)
+
+
+def _channels(value: tuple[Channel, ...]) -> tuple[Channel, ...]:
+    if not value:
+        raise ValueError("must be a non-empty list of channels")
+    if len(set(value)) != len(value):
+        raise ValueError("must not repeat a channel")
+    return value
+
+
+Name = Annotated[str, BeforeValidator(_name)]
+Text = Annotated[str, Field(strict=True)]
+
+
+def _checked_unset() -> Any:
+    """A required field whose absence reads as the rule it breaks ("must match
+    ...", "must be one of ... (got None)"): None is also what the protobuf
+    conversion passes for an unset enum."""
+    return Field(default=None, validate_default=True)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class LabelSpec(_Spec):
+    """One label of a task. A plain string is shorthand for a label whose
+    verbalizer is its name."""
+
+    name: Text
+    """What APIs, reports and the gold data use."""
+    verbalizer: Text | None = None
+    """The text the model emits for this label (default: the name). Short, no
+    surrounding white space, no newline: it is what the model is trained on."""
+    value: Annotated[float, Field(strict=True)] | None = None
+    """Ordinal tasks only, and required there: the label's position on the
+    scale; labels are listed in strictly increasing order of value."""
+    description: Text | None = None
+    """For people; never shown to the model."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data, "verbalizer": data}
+        if not isinstance(data, Mapping):
+            raise ValueError("must be a mapping with name and verbalizer")  # noqa: TRY004 - pydantic reports ValueError as a field error, TypeError not
+        return data
+
+    @model_validator(mode="after")
+    def _texts(self) -> LabelSpec:
+        if not self.name.strip():
+            raise ValidationError("name", "must not be empty", self.name)
+        verbalizer = self.verbalizer_or_name
+        if not verbalizer.strip():
+            raise ValidationError("verbalizer", "must not be empty", verbalizer)
+        if verbalizer != verbalizer.strip() or "\n" in verbalizer:
+            raise ValidationError("verbalizer", "must not start or end with white space or contain a newline", verbalizer)
+        return self
+
+    @property
+    def verbalizer_or_name(self) -> str:
+        return self.name if self.verbalizer is None else self.verbalizer
+
+    def to_label(self) -> Label:
+        return Label(name=self.name, verbalizer=self.verbalizer_or_name, value=self.value, description=self.description or "")
+
+
+class TaskSpec(_Spec):
+    """One task as a catalogue file writes it (Task.to_dict is the same form)."""
+
+    name: Name = _checked_unset()
+    """Unique in its catalogue and in the registry: ^[a-z][a-z0-9_-]{1,63}$."""
+    version: Annotated[int, BeforeValidator(_positive)] | None = None
+    """Assigned by the registry (a new one whenever the definition changes); files leave it out."""
+    title: Text | None = None
+    """A short human name."""
+    description: Text | None = None
+    """For people; never shown to the model."""
+    taxonomy: Annotated[Taxonomy, _one_of(Taxonomy)] = _checked_unset()
+    """binary (exactly 2 labels), ordinal and multiclass (at least 2),
+    multilabel (at least 1), generation (no labels)."""
+    input_kind: Annotated[InputKind, _one_of(InputKind)] = _checked_unset()
+    """text, text_pair or conversation."""
+    instruction: Annotated[Text, AfterValidator(_instruction)]
+    """The task-specific prefix, asked after the input; `{labels}` lists the
+    label verbalizers. No other placeholder, format spec or conversion; at most
+    MAX_INSTRUCTION_CHARS characters once the labels are filled in."""
+    labels: list[LabelSpec] | None = None
+    """The answers, in order; label names and verbalizers (ignoring case) are unique."""
+    metric: Annotated[Metric, _one_of(Metric)] | None = None
+    """The dev/test metric; default by taxonomy (accuracy; micro_f1 for
+    multilabel; rouge_l for generation); it must be one ALLOWED_METRICS lists."""
+    channels: Annotated[tuple[Annotated[Channel, _one_of(Channel)], ...], AfterValidator(_channels)]
+    """Where the task applies: call, im, email, review; call and/or im for conversation tasks."""
+    max_input_tokens: Annotated[int, Field(strict=True), _between(MIN_INPUT_TOKENS, MAX_INPUT_TOKENS)] = 2048
+    """The longest input (tokens of its rendered text) the task reads."""
+    threshold: Annotated[float, BeforeValidator(_threshold)] = 0.5
+    """Multilabel only: a label is in the answer set when its probability is at least this."""
+    max_new_tokens: Annotated[int, Field(strict=True), _between(1, 4096)] = 128
+    """Generation only: greedy decoding stops at the end of the answer or here."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> TaskSpec:
+        """Rules across fields (one field's type and range are its annotation's)."""
+        taxonomy = self.taxonomy
+        if taxonomy is Taxonomy.GENERATION and "labels" in placeholders(self.instruction, "instruction"):
+            raise ValidationError("instruction", "a generation task has no labels to list", self.instruction)
+        labels = self._labels()
+        rendered = self.instruction.format(labels=", ".join(label.verbalizer for label in labels))  # exactly what the renderer does
+        if len(rendered) > MAX_INSTRUCTION_CHARS:
+            raise ValidationError(
+                "instruction", f"renders to {len(rendered)} characters with its labels; at most {MAX_INSTRUCTION_CHARS}", self.instruction[:80] + "..."
+            )
+        if self.metric is not None and self.metric not in ALLOWED_METRICS[taxonomy]:
+            allowed = sorted(m.value for m in ALLOWED_METRICS[taxonomy])
+            raise ValidationError("metric", f"a {taxonomy.value} task allows metrics {allowed}", self.metric.value)
+        if self.input_kind is InputKind.CONVERSATION:
+            bad = [c.value for c in self.channels if c not in CONVERSATION_CHANNELS]
+            if bad:
+                raise ValidationError("channels", "a conversation task applies to call and/or im only", bad)
+        if "threshold" in self.model_fields_set and taxonomy is not Taxonomy.MULTILABEL:
+            raise ValidationError("threshold", "only multi-label tasks have a threshold", self.threshold)
+        if "max_new_tokens" in self.model_fields_set and taxonomy is not Taxonomy.GENERATION:
+            raise ValidationError("max_new_tokens", "only generation tasks have max_new_tokens", self.max_new_tokens)
+        return self
+
+    def _labels(self) -> tuple[Label, ...]:
+        taxonomy, raw = self.taxonomy, self.labels
+        if taxonomy is Taxonomy.GENERATION:
+            if raw:
+                raise ValidationError("labels", "must be empty for a generation task", [s.name for s in raw])
+            return ()
+        if raw is None:
+            raise ValidationError("labels", "must be a list of labels", None)
+        minimum = 1 if taxonomy is Taxonomy.MULTILABEL else 2
+        if len(raw) < minimum:
+            raise ValidationError("labels", f"a {taxonomy.value} task needs at least {minimum} labels", len(raw))
+        if taxonomy is Taxonomy.BINARY and len(raw) != 2:
+            raise ValidationError("labels", "a binary task has exactly 2 labels", len(raw))
+        for i, spec in enumerate(raw):
+            if taxonomy is Taxonomy.ORDINAL and spec.value is None:
+                raise ValidationError(f"labels[{i}].value", "an ordinal label needs a numeric value giving its order", None)
+            if taxonomy is not Taxonomy.ORDINAL and spec.value is not None:
+                raise ValidationError(f"labels[{i}].value", f"only ordinal labels carry a value, this task is {taxonomy.value}", spec.value)
+        labels = tuple(spec.to_label() for spec in raw)
+        seen_names: dict[str, int] = {}
+        seen_verbalizers: dict[str, int] = {}
+        for i, label in enumerate(labels):
+            if label.name in seen_names:
+                raise ValidationError(f"labels[{i}].name", f"duplicate label name (also labels[{seen_names[label.name]}])", label.name)
+            seen_names[label.name] = i
+            folded = label.verbalizer.casefold()
+            if folded in seen_verbalizers:
+                raise ValidationError(
+                    f"labels[{i}].verbalizer", f"duplicate verbalizer (same as labels[{seen_verbalizers[folded]}] ignoring case)", label.verbalizer
+                )
+            seen_verbalizers[folded] = i
+        if taxonomy is Taxonomy.ORDINAL:
+            for i in range(1, len(labels)):
+                if not labels[i].value > labels[i - 1].value:  # type: ignore[operator]  # both set: checked above
+                    raise ValidationError(f"labels[{i}].value", "ordinal labels must be listed in strictly increasing order of value", labels[i].value)
+        return labels
+
+    def to_task(self) -> Task:
+        return Task(
+            name=self.name,
+            version=self.version,
+            title=self.title or "",
+            description=self.description or "",
+            instruction=self.instruction,
+            input_kind=self.input_kind,
+            taxonomy=self.taxonomy,
+            labels=self._labels(),
+            metric=self.metric or _DEFAULT_METRIC[self.taxonomy],
+            channels=self.channels,
+            max_input_tokens=self.max_input_tokens,
+            threshold=self.threshold,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+
+class BudgetSpec(_Spec):
+    """One truncation budget (TruncationBudget)."""
+
+    input_kind: Annotated[InputKind, _one_of(InputKind)] = _checked_unset()
+    """The kind of input it bounds."""
+    channel: Annotated[Channel | None, _one_of(Channel, optional=True)] = None
+    """Only inputs from this channel; left out: every channel without a budget of its own."""
+    max_tokens: Annotated[int, Field(strict=True), _between(MIN_INPUT_TOKENS, MAX_INPUT_TOKENS)] = 1024
+    """Tokens of the rendered input."""
+    keep_first_turns: Annotated[int, Field(strict=True), _between(0, 64)] = 1
+    """Conversations: turns kept from the start when the middle is cut."""
+
+    def to_budget(self) -> TruncationBudget:
+        return TruncationBudget(self.input_kind, self.channel, self.max_tokens, self.keep_first_turns)
+
+
+def _one_budget_each(budgets: list[BudgetSpec]) -> list[BudgetSpec]:
+    seen: set[tuple[InputKind, Channel | None]] = set()
+    for i, b in enumerate(budgets):
+        if (b.input_kind, b.channel) in seen:
+            raise ValidationError(f"[{i}]", "duplicate budget for this input kind and channel", (b.input_kind.value, b.channel and b.channel.value))
+        seen.add((b.input_kind, b.channel))
+    return budgets
+
+
+Budgets = Annotated[list[BudgetSpec], AfterValidator(_one_budget_each)]
+
+
+class CatalogueSpec(_Spec):
+    """A catalogue file: tasks plus the truncation budgets they share."""
+
+    catalogue: Name = _checked_unset()
+    """The catalogue's name: ^[a-z][a-z0-9_-]{1,63}$."""
+    description: Text | None = None
+    """For people."""
+    truncation: Budgets | None = None
+    """Input budgets by kind and channel; left out: DEFAULT_TRUNCATION."""
+    tasks: list[TaskSpec]
+    """At least one; task names are unique."""
+
+    @model_validator(mode="after")
+    def _rules(self) -> CatalogueSpec:
+        if not self.tasks:
+            raise ValidationError("tasks", "must be a non-empty list", [])
+        seen: dict[str, int] = {}
+        for i, task in enumerate(self.tasks):
+            if task.name in seen:
+                raise ValidationError(f"tasks[{i}].name", f"duplicate task name (also tasks[{seen[task.name]}])", task.name)
+            seen[task.name] = i
+        return self
+
+    def to_catalogue(self) -> Catalogue:
+        truncation = TruncationPolicy() if self.truncation is None else TruncationPolicy(tuple(b.to_budget() for b in self.truncation))
+        return Catalogue(name=self.catalogue, description=self.description or "", truncation=truncation, tasks=tuple(t.to_task() for t in self.tasks))
+
+
+# pydantic's words for the refusals it makes itself, in the project's voice.
+_RULES = {
+    "missing": "is required",
+    "string_type": "must be a string",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def _at(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    if not path or not part or part.startswith("["):
+        return path + part
+    return f"{path}.{part}"
+
+
+def _model_at(root: Any, loc: tuple[str | int, ...]) -> type[BaseModel]:
+    """The spec model that holds the key at `loc` (list positions skipped)."""
+
+    def model_in(annotation: Any) -> Any:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        return next((m for m in map(model_in, typing.get_args(annotation)) if m is not None), None)
+
+    model = model_in(root)
+    for part in loc:
+        if isinstance(part, str):
+            model = model_in(model.model_fields[part].annotation)
+    return model
+
+
+def _child(node: Any, part: str | int) -> Any:
+    if isinstance(node, Mapping):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and part < len(node):
+        return node[part]
+    return None
+
+
+def _refusal(exc: PydanticValidationError, data: Any, where: str, root: Any, task_depth: int | None = None) -> ValidationError:
+    """pydantic's first refusal (unknown keys before the rest) as one
+    ValidationError at its dotted path under `where`. The task at position
+    `task_depth` of the path (0 for a task, 2 for a catalogue's `tasks[i]`) is
+    named after it once its name is valid, `tasks[3](rc-a).labels[0].name`,
+    except in a refusal of that name or of an unknown key beside it."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    beside_name = task_depth is not None and len(loc) == task_depth + 1 and (loc[-1] == "name" or err["type"] == "extra_forbidden")
+    path, node = where, data
+    for depth in range(len(loc) + 1):
+        if depth == task_depth and not beside_name and isinstance(node, Mapping) and isinstance(node.get("name"), str) and NAME_RE.match(node["name"]):
+            path += f"({node['name']})"
+        if depth < len(loc):
+            path = _at(path, loc[depth])
+            node = _child(node, loc[depth])
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ValidationError):  # a rule that names a field relative to its model
+        return ValidationError(_at(path, cause.field), cause.rule, cause.value, show_value=cause.show_value)
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(_model_at(root, loc[:-1]).model_fields)
+        return ValidationError(path, f"unknown key; allowed keys are {allowed}", loc[-1], show_value=False)
+    if err["type"] == "missing":
+        return ValidationError(path, "is required", None, show_value=False)
+    rule = str(cause) if isinstance(cause, ValueError) else _RULES.get(err["type"], err["msg"][:1].lower() + err["msg"][1:])
+    return ValidationError(path, rule, err.get("input"))
+
+
+_BUDGETS: TypeAdapter[list[BudgetSpec]] = TypeAdapter(Budgets)
+
+
+def parse_task(data: Any, where: str = "task") -> Task:
+    """Build and validate a Task from its YAML/JSON mapping (TaskSpec)."""
+    try:
+        spec = TaskSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        raise _refusal(exc, data, where, TaskSpec, task_depth=0) from None
+    return spec.to_task()
+
+
 def parse_catalogue(data: Any, source: str = "catalogue") -> Catalogue:
-    if not isinstance(data, Mapping):
-        raise ValidationError(source, "must be a mapping with 'catalogue' and 'tasks'", type(data).__name__)
-    _no_unknown_keys(data, {"catalogue", "description", "truncation", "tasks"}, source)
-    name = check_name(data.get("catalogue"), f"{source}.catalogue")
-    raw_tasks = data.get("tasks")
-    if not isinstance(raw_tasks, list) or not raw_tasks:
-        raise ValidationError(f"{source}.tasks", "must be a non-empty list", raw_tasks)
-    tasks = [parse_task(t, f"{source}.tasks[{i}]") for i, t in enumerate(raw_tasks)]
-    seen: dict[str, int] = {}
-    for i, task in enumerate(tasks):
-        if task.name in seen:
-            raise ValidationError(f"{source}.tasks[{i}].name", f"duplicate task name (also tasks[{seen[task.name]}])", task.name)
-        seen[task.name] = i
-    return Catalogue(
-        name=name,
-        description=str(data.get("description") or ""),
-        truncation=TruncationPolicy.from_list(data.get("truncation"), f"{source}.truncation"),
-        tasks=tuple(tasks),
-    )
+    """Build and validate a Catalogue from its YAML mapping (CatalogueSpec)."""
+    try:
+        spec = CatalogueSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        raise _refusal(exc, data, source, CatalogueSpec, task_depth=2) from None
+    return spec.to_catalogue()
 
 
 def load_catalogue(path: str | Path) -> Catalogue:

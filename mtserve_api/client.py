@@ -1,8 +1,13 @@
 """What every mtserve gRPC client shares: a channel whose service config
-retries UNAVAILABLE (and nothing else), explicit message sizes, keepalive,
-the bearer token on every call, and the mapping of a failed call back to a
-domain error that names the server, the status and the server's message.
+balances round robin over every replica the target names and retries
+UNAVAILABLE on the idempotent methods (and nothing else), explicit message
+sizes, keepalive, the bearer token on every call, and the mapping of a
+failed call back to a domain error that names the server, the status and
+the server's message.
 
+A target is what gRPC takes: `HOST:PORT`, `dns:///NAME:PORT` (every address
+the name resolves to, re-resolved when connections fail) or
+`ipv4:HOST:PORT,HOST:PORT` (`ipv6:[H]:P,...`), a fixed list of replicas.
 Clients always pass a deadline (`timeout=`) on every call.
 """
 
@@ -99,24 +104,81 @@ def raise_remote(exc: grpc.RpcError, server: str, address: str) -> NoReturn:
     raise _ERROR_OF.get(code, RemoteError)(server, address, code, details) from None
 
 
-def service_config(service: str, *, no_retry: Sequence[str] = ()) -> dict[str, Any]:
-    """Retry UNAVAILABLE only (the server never started the call, or is
-    draining), with exponential backoff. Methods in `no_retry` are not
-    idempotent and are never retried. Round robin over every address the
+# gRPC's own retry policy (gRFC A6), the one every mtserve client uses for
+# the methods it lists as idempotent: 4 attempts in all, waits drawn from
+# U(0, min(0.2 s * 2^n, 2 s)), UNAVAILABLE only (the server never started the
+# call, or is draining). Nothing else is retried by the channel: any other
+# status is an answer, and a write is never sent twice.
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.2s",
+    "maxBackoff": "2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+# gRPC's reconnect backoff grows to 120 s by default: a replica that was down
+# for a few minutes would then get no calls for up to two minutes after it is
+# back, and a rolling restart that waits only for its SERVING could take the
+# next replica down before the clients returned to the first. 10 s bounds
+# that; a connection attempt to a dead address every 10 s costs nothing.
+MAX_RECONNECT_BACKOFF_MS = 10_000
+
+
+def service_config(service: str, *, retry: Sequence[str] = (), health_check: bool = False) -> dict[str, Any]:
+    """The channel's service config: round robin over every address the
     target resolves to (a DNS name of several replicas, or
-    `ipv4:HOST:P1,HOST:P2`): a retry then goes to the next replica, so a
-    draining one costs a rolling restart no call."""
-    retry = {
-        "maxAttempts": 4,
-        "initialBackoff": "0.2s",
-        "maxBackoff": "2s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    configs: list[dict[str, Any]] = [{"name": [{"service": service}], "retryPolicy": retry}]
-    if no_retry:
-        configs.append({"name": [{"service": service, "method": m} for m in no_retry]})
-    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": configs}
+    `ipv4:HOST:P1,HOST:P2`), RETRY_POLICY on the methods in `retry` (the
+    idempotent ones; every other method gets no policy and is never
+    retried), and with `health_check` gRPC's client-side health checking
+    (gRFC A17): the channel watches `grpc.health.v1` for `service` on every
+    replica and sends calls only to those that are SERVING, so a replica that
+    is still loading its models or already draining gets none. A retry goes
+    to the next replica, so a draining or killed one costs no call."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if retry:
+        config["methodConfig"] = [{"name": [{"service": service, "method": m} for m in retry], "retryPolicy": RETRY_POLICY}]
+    if health_check:
+        config["healthCheckConfig"] = {"serviceName": service}
+    return config
+
+
+def replica_hosts(target: str) -> list[str] | None:
+    """The hosts of an `ipv4:`/`ipv6:` target (`ipv4:10.0.0.5:50052,10.0.0.6:50052`,
+    `ipv6:[::1]:50052,[::1]:50053`), or None for any other target (HOST:PORT,
+    `dns:///NAME:PORT`), whose host gRPC verifies by itself."""
+    scheme, colon, rest = target.partition(":")
+    if not colon or scheme not in ("ipv4", "ipv6"):
+        return None
+    hosts = []
+    for address in rest.lstrip("/").split(","):
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValidationError("target", f"every address of an {scheme}: target is HOST:PORT (got {address!r})", target)
+        hosts.append(host.strip("[]"))
+    return hosts
+
+
+def tls_server_name(target: str, configured: str | None) -> str | None:
+    """The name to verify in the servers' certificates. A target of several
+    addresses carries no single host, and gRPC would then check the whole
+    address list against the certificate and fail every handshake; when
+    all the addresses share one host (replicas on one machine) that host is
+    the name, otherwise the configuration must give one (`tls.server_name`)
+    that every replica's certificate covers (`tls.server_names` on servers
+    using the local CA)."""
+    if configured:
+        return configured
+    hosts = replica_hosts(target)
+    if not hosts:
+        return None  # HOST:PORT or dns:///NAME:PORT: gRPC verifies that host
+    if len(set(hosts)) == 1:
+        return hosts[0]
+    raise ValidationError(
+        "tls.server_name",
+        f"target {target} lists replicas on {len(set(hosts))} hosts ({', '.join(sorted(set(hosts)))}): "
+        "set tls.server_name to a name every replica's certificate covers",
+        show_value=False,
+    )
 
 
 class _CallDetails(
@@ -179,8 +241,9 @@ def open_channel(address: str, options: Sequence[tuple[str, Any]], credentials: 
         channel = grpc.insecure_channel(address, options=options)
     else:
         t = credentials.tls
-        if t.server_name:
-            options = [*options, ("grpc.ssl_target_name_override", t.server_name)]
+        server_name = tls_server_name(address, t.server_name)
+        if server_name:
+            options = [*options, ("grpc.ssl_target_name_override", server_name)]
         channel = grpc.secure_channel(
             address, grpc.ssl_channel_credentials(root_certificates=t.root_ca, private_key=t.private_key, certificate_chain=t.cert_chain),
             options=options,
@@ -193,15 +256,19 @@ def make_channel(
     service: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    no_retry: Sequence[str] = (),
+    retry: Sequence[str] = (),
+    health_check: bool = False,
     keepalive: bool = False,
     credentials: Credentials = Credentials(None, None),
 ) -> grpc.Channel:
-    """A channel to `address` over TLS (unless `credentials.tls` is None) that
-    sends `credentials.token` on every call."""
+    """A channel to `address` (HOST:PORT, `dns:///NAME:PORT`, `ipv4:H:P,H:P`)
+    over TLS (unless `credentials.tls` is None) that sends
+    `credentials.token` on every call; `retry` and `health_check` as in
+    `service_config`."""
     options: list[tuple[str, Any]] = [
-        ("grpc.service_config", json.dumps(service_config(service, no_retry=no_retry))),
+        ("grpc.service_config", json.dumps(service_config(service, retry=retry, health_check=health_check))),
         ("grpc.enable_retries", 1),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
@@ -226,13 +293,15 @@ def connect(address: str, *, token: str | None = None, settings: Settings | None
 
 
 class ServiceClient:
-    """What every client of the project shares: one channel with retries of
-    UNAVAILABLE in its service config, a deadline on every call, and gRPC
+    """What every client of the project shares: one channel (round robin
+    over the target's addresses, retries of UNAVAILABLE for the idempotent
+    methods in its service config), a deadline on every call, and gRPC
     errors raised as domain errors naming the server."""
 
     SERVICE = ""  # e.g. "mtserve.v1.Registry"
     NAME = ""  # "registry", "inference", "trainer": for error messages
-    NO_RETRY: Sequence[str] = ()  # methods that must not be retried (not idempotent)
+    RETRY: Sequence[str] = ()  # the idempotent methods (reads, scoring): the only ones retried
+    HEALTH_CHECK = False  # send calls only to replicas whose grpc.health.v1 says SERVING
     KEEPALIVE = False  # long-lived streams
 
     def __init__(
@@ -245,14 +314,15 @@ class ServiceClient:
         token: str | None = None,
         settings: Settings | None = None,
     ):
-        """Credentials come from `settings` (default: this process's,
-        `load_settings()`): the token of auth.*, else the local admin token,
-        and the CA of tls.*, else the local CA. `token` overrides the token."""
+        """`address` is a gRPC target (see the module docstring). Credentials
+        come from `settings` (default: this process's, `load_settings()`):
+        the token of auth.*, else the local admin token, and the CA of
+        tls.*, else the local CA. `token` overrides the token."""
         self.address = address
         self.timeout = timeout
         found = Credentials.from_settings(settings)
         self.channel = make_channel(
-            address, self.SERVICE, max_message_bytes=max_message_bytes, no_retry=self.NO_RETRY,
+            address, self.SERVICE, max_message_bytes=max_message_bytes, retry=self.RETRY, health_check=self.HEALTH_CHECK,
             keepalive=self.KEEPALIVE if keepalive is None else keepalive, credentials=Credentials(token or found.token, found.tls),
         )
 

@@ -395,7 +395,8 @@ def watch_event_from_pb(msg: rpb.WatchEvent) -> tuple[bool, RegistryState]:
 def serving_info_to_pb(info: ServingInfo) -> ipb.ModelInfoResponse:
     return ipb.ModelInfoResponse(
         checkpoints=[
-            ipb.LoadedCheckpoint(id=c.id, path=c.path, loaded=c.loaded, error=c.error, queue_depth=c.queue_depth, tasks=list(c.tasks))
+            ipb.LoadedCheckpoint(id=c.id, path=c.path, loaded=c.loaded, error=c.error, queue_depth=c.queue_depth, tasks=list(c.tasks),
+                                 dtype=c.dtype, dtype_reason=c.dtype_reason)
             for c in info.checkpoints
         ],
         tasks=[ipb.ServedTask(task=t.task, version=t.version, checkpoint_id=t.checkpoint_id, serving=t.serving, reason=t.reason) for t in info.tasks],
@@ -408,7 +409,8 @@ def serving_info_to_pb(info: ServingInfo) -> ipb.ModelInfoResponse:
 
 def serving_info_from_pb(msg: ipb.ModelInfoResponse) -> ServingInfo:
     return ServingInfo(
-        checkpoints=tuple(CheckpointInfo(c.id, c.path, c.loaded, c.error, c.queue_depth, tuple(c.tasks)) for c in msg.checkpoints),
+        checkpoints=tuple(CheckpointInfo(c.id, c.path, c.loaded, c.error, c.queue_depth, tuple(c.tasks), c.dtype, c.dtype_reason)
+                          for c in msg.checkpoints),
         tasks=tuple(TaskInfo(t.task, t.version, t.checkpoint_id, t.serving, t.reason) for t in msg.tasks),
         queue_depth=msg.queue_depth,
         registry_revision=msg.registry_revision,

@@ -1,6 +1,6 @@
 """An inference client taking and returning domain objects. Every call has a
 deadline; UNAVAILABLE is retried by the channel's service config (scoring is
-idempotent). A failed call raises a RemoteError that is also the matching
+idempotent), on the next replica when the target names several. A failed call raises a RemoteError that is also the matching
 domain error.
 
     with InferenceClient("127.0.0.1:50052", timeout=10) as inference:
@@ -29,7 +29,13 @@ SERVICE = "mtserve.v1.Inference"
 
 
 class InferenceClient(ServiceClient):
+    """`address`: one replica (HOST:PORT) or several (`dns:///NAME:PORT`,
+    `ipv4:H:P,H:P`; docs/services.md, "Replicas"), balanced round robin over
+    those whose health says SERVING."""
+
     SERVICE, NAME = SERVICE, "inference"
+    RETRY = ("Classify", "ClassifyMany", "Generate", "ModelInfo")  # scoring changes nothing: all idempotent
+    HEALTH_CHECK = True  # a replica loading its models or draining gets no calls
 
     def __init__(
         self, address: str, *, timeout: float = 60.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, token: str | None = None,

@@ -62,7 +62,11 @@ class WatchStream:
 
 class RegistryClient(ServiceClient):
     SERVICE, NAME = SERVICE, "registry"
-    NO_RETRY = ("RollbackRoute",)  # not idempotent: a retry would roll back twice
+    # Reads only. Writes are not retried: a SetRoutes or RegisterCheckpoint
+    # the server did apply before its answer was lost would be applied and
+    # audited twice, and RollbackRoute would roll back twice.
+    RETRY = ("GetTask", "ListTasks", "GetTruncationPolicy", "GetCheckpoint", "ListCheckpoints", "GetRoutes", "GetRouteHistory",
+             "GetAuditLog", "Watch")
 
     def __init__(
         self, address: str, *, timeout: float = 30.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keepalive: bool = False,

@@ -1,81 +1,114 @@
-"""`mtserve bench ...`: measurements reported as ratios against a baseline
-measured in the same run (never absolute timings in tests)."""
+"""`mtserve bench <measure>` and `mtserve bench all`: the benchmark suite
+(mtserve_cli/benchmarks/). Each measure prints both arms and the ratio, and
+writes a JSON record; `--smoke` runs it on a tiny random model in seconds."""
 
 from __future__ import annotations
 
 import json
-import time
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 
 import typer
 
 from mtserve_cli.root import app, settings
 
-bench_app = typer.Typer(help="Benchmarks (long; never part of the test suite).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: ratios of two arms measured alternately in one run (long; never timed in tests).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
+HELP = {
+    "cost": "Every applicable task of a conversation in one call / one task (lower is better).",
+    "sharing": "The tasks of a conversation one call each / all in one call: the shared prefix's gain (higher is better).",
+    "latency": "One Classify over gRPC, secured and plaintext, p50 / one bare forward pass of the same prompt (lower is better).",
+    "throughput": "The service at 8 concurrent clients / at 1 client, calls/s (higher is better).",
+    "memory": "Peak RSS scoring every task on a batch of inputs / one task per input, a subprocess per arm (lower is better).",
+    "generate": "A batched generate() loop parsed to labels / mtserve, with invalid outputs counted (higher is better).",
+    "precision": "bf16 / float32 scoring time, with the answers' agreement (lower is better).",
+    "worker": "The batch worker's rate / the bare engine's (higher is better).",
+}
 
-@bench_app.command("engine")
-def engine_bench(
-    n: int = typer.Option(8, "--n", help="Synthetic conversations to score."),
-    model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
-    repeats: int = typer.Option(2, "--repeats", help="Timed repetitions of each arm (the best is kept)."),
+
+def _run(names: list[str], smoke: bool, model: str | None, repeats: int | None, n: int | None, out: Path | None, as_json: bool,
+         threads: int | None = None) -> None:
+    from mtserve_cli.benchmarks import suite
+    from mtserve_cli.benchmarks.workload import BenchConfig
+
+    if threads is not None:
+        import torch
+
+        # Process-wide: the in-process services and the engines all run on it (the record says which).
+        torch.set_num_threads(threads)
+    s = settings()
+    if out is None:
+        out = s.home / "bench" / datetime.now(UTC).strftime("%Y-%m-%dT%H%M%S")
+    with tempfile.TemporaryDirectory(prefix="mtserve-bench-") as work:
+        cfg = BenchConfig(settings=s, work_dir=Path(work), smoke=smoke, model=model,
+                          repeats=repeats or (1 if smoke else 5), n=n or (2 if smoke else 8), threads=threads)
+        records = []
+        for result, path in suite.run(names, cfg, out):
+            if as_json:
+                records.append(result.to_dict())
+            else:
+                typer.echo("\n".join(result.lines()))
+                typer.echo(f"  written to {path}")
+    if as_json:
+        typer.echo(json.dumps(records[0] if len(records) == 1 else records, indent=2, ensure_ascii=False))
+
+
+# On a machine another job keeps busy, torch's default (one thread per core)
+# spins against it and every figure is several times slower and noisier.
+THREADS = typer.Option(None, "--threads", min=1, help="torch intra-op threads (default: torch's, one per core).")
+
+
+def _command(name: str) -> None:
+    def command(
+        smoke: bool = typer.Option(False, "--smoke", help="A tiny random model, 1 repeat: proves the measure runs, measures nothing."),
+        model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
+        repeats: int | None = typer.Option(None, "--repeats", min=1, help="Repeats of each arm (default 5; smoke 1)."),
+        n: int | None = typer.Option(None, "--n", min=1, help="Inputs per repeat (default 8; smoke 2)."),
+        out: Path | None = typer.Option(None, "--out", help="A .json file, or a folder for <measure>.json (default <home>/bench/<time>/)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the record instead of the summary."),
+        threads: int | None = THREADS,
+    ) -> None:
+        _run([name], smoke, model, repeats, n, out, as_json, threads)
+
+    command.__doc__ = HELP[name]
+    bench_app.command(name)(command)
+
+
+for _name in HELP:
+    _command(_name)
+
+
+@bench_app.command("engine", hidden=True)
+def engine_alias(
+    model: str | None = typer.Option(None, "--model"),
+    repeats: int | None = typer.Option(None, "--repeats", min=1),
+    n: int | None = typer.Option(None, "--n", min=1),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Scoring every applicable hotel task on each conversation: the engine's
-    shared-prefix batch (one call per conversation) against the same requests
-    sent one task at a time, on the same model in the same run. Answers must
-    agree; the speed-up is reported as a ratio."""
-    from batch.synth import generate_day
-    from mtserve.engine import Engine, Request
-    from mtserve.models import load_model_folder, resolve_model_path
-    from mtserve.tasks import builtin_catalogue_path, load_catalogue
+    """The former name of `mtserve bench sharing`."""
+    _run(["sharing"], False, model, repeats, n, None, as_json)
 
-    s = settings()
-    cat = load_catalogue(builtin_catalogue_path("hotel"))
-    loaded = load_model_folder(resolve_model_path(model, s.checkpoints_root), device=s.device, dtype=s.dtype, root=s.checkpoints_root)
-    engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=s.inference.max_batch_tokens)
-    day = generate_day("2026-01-01", n, seed=7)
-    convs = [c.record for c in day.conversations]
-    from mtserve.inputs import input_from_dict
 
-    inputs = [input_from_dict(r) for r in convs]
-    per_conv = [[Request(t, inp) for t in cat.tasks if not t.is_generation and t.applies_to(inp.kind, inp.channel)] for inp in inputs]
-    n_requests = sum(len(r) for r in per_conv)
-    prompt_tokens = sum(len(engine.renderer.render(r.task, r.input, ask=r.task.labels[0] if r.task.taxonomy.value == "multilabel" else None).prompt) for rs in per_conv for r in rs)
+@bench_app.command("all")
+def bench_all(
+    smoke: bool = typer.Option(False, "--smoke", help="A tiny random model, 1 repeat: proves every measure runs."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
+    repeats: int | None = typer.Option(None, "--repeats", min=1, help="Repeats of each arm (default 5; smoke 1)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Inputs per repeat (default 8; smoke 2)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the <measure>.json records (default <home>/bench/<time>/)."),
+    only: list[str] = typer.Option([], "--only", help="Run these measures only (repeatable)."),
+    as_json: bool = typer.Option(False, "--json"),
+    threads: int | None = THREADS,
+) -> None:
+    """Every measure in turn, one record each."""
+    from mtserve_cli.benchmarks.suite import MEASURES
+    from mtserve_cli.root import fail
 
-    def shared() -> list:
-        return [p for reqs in per_conv for p in engine.predict(reqs)]
-
-    def one_by_one() -> list:
-        return [engine.predict([r])[0] for reqs in per_conv for r in reqs]
-
-    shared()  # warm-up (allocator, first-call overheads)
-    timings: dict[str, float] = {}
-    answers: dict[str, list] = {}
-    for name, arm in (("one task per call", one_by_one), ("shared prefix, one call per conversation", shared)):
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            answers[name] = arm()
-            best = min(best, time.perf_counter() - started)
-        timings[name] = best
-    a, b = answers.values()
-    agree = all(x.label == y.label and all(abs(p.probability - q.probability) <= 1e-5 for p, q in zip(x.scores, y.scores)) for x, y in zip(a, b))
-    base, fast = timings["one task per call"], timings["shared prefix, one call per conversation"]
-    result = {
-        "model": loaded.id,
-        "conversations": n,
-        "requests": n_requests,
-        "prompt_tokens_if_unshared": prompt_tokens,
-        "seconds": timings,
-        "requests_per_second": {k: n_requests / v for k, v in timings.items()},
-        "speedup": base / fast,
-        "answers_agree_1e-5": agree,
-    }
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    typer.echo(f"model {loaded.id}: {n} synthetic conversations, {n_requests} (conversation, task) requests")
-    for k, v in timings.items():
-        typer.echo(f"  {k:45s} {v:8.2f} s   {n_requests / v:7.2f} requests/s")
-    typer.echo(f"  speed-up of prefix sharing: {base / fast:.2f}x   answers agree to 1e-5: {agree}")
+    unknown = sorted(set(only) - set(MEASURES))
+    if unknown:
+        fail(f"--only: unknown measure(s) {unknown}; the measures are {list(MEASURES)}")
+    if out is not None and out.suffix == ".json":
+        fail(f"--out: give a folder for the records of several measures, not a .json file ({out})")
+    _run(list(only) or list(MEASURES), smoke, model, repeats, n, out, as_json, threads)

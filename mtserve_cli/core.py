@@ -159,7 +159,7 @@ def classify(
     channel: str | None = typer.Option(None, "--channel", help="call | im | email | review."),
     catalogue: Path | None = typer.Option(None, "--catalogue", help="Task catalogue YAML (default: the built-in hotel catalogue)."),
     model: str | None = typer.Option(None, "--model", help="Checkpoint folder or id (default: the prepared default model)."),
-    server: str | None = typer.Option(None, "--server", help="Ask an inference service at HOST:PORT instead of running locally."),
+    server: str | None = typer.Option(None, "--server", help="Ask an inference service at a gRPC target instead of running locally: HOST:PORT, or replicas as dns:///NAME:PORT or ipv4:H:P,H:P."),
     no_truncate: bool = typer.Option(False, "--no-truncate", help="Refuse inputs over their token budget instead of cutting them."),
     timeout: float = typer.Option(60.0, "--timeout", help="Deadline of a --server call, in seconds."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),

@@ -182,11 +182,14 @@ def routes_promote(
     checkpoint: str = typer.Argument(..., help="A registered checkpoint id."),
     tasks: list[str] | None = typer.Argument(None, help="Tasks to move (their latest versions)."),
     all_active: bool = typer.Option(False, "--all", help="Every active task."),
+    unrouted: bool = typer.Option(False, "--unrouted", help="Only those of the tasks that have no route yet."),
     reason: str = typer.Option("manual promotion", "--reason", help="Kept in the route history."),
     registry: str | None = RegistryOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Route many tasks to one checkpoint in one transaction (all or none)."""
+    """Route many tasks to one checkpoint in one transaction (all or none).
+    With --unrouted a task that has a route keeps it: what a bootstrap that
+    runs on every start uses, so it never moves a route someone set."""
     from mtserve.errors import ValidationError
     from mtserve.records import RouteChange, TaskStatus
 
@@ -194,7 +197,13 @@ def routes_promote(
         raise ValidationError("tasks", "name the tasks to promote, or give --all (not both)", tasks or None)
     with _client(registry) as client:
         names = tasks or [r.name for r in client.list_tasks(status=TaskStatus.ACTIVE)]
-        updates, revision = client.set_routes([RouteChange(n, checkpoint) for n in names], reason=reason)
+        if unrouted:
+            routed = {r.task for r in client.get_routes()[0]}
+            names = [n for n in names if n not in routed]
+        if names:
+            updates, revision = client.set_routes([RouteChange(n, checkpoint) for n in names], reason=reason)
+        else:
+            updates, revision = [], client.get_routes()[1]
     if as_json:
         _echo_json({"revision": revision, "routes": [{**_route_dict(u.route), "changed": u.changed} for u in updates]})
         return

@@ -87,15 +87,13 @@ def serve_inference(
 def serve_trainer(
     config: Path | None = ConfigOption,
     address: str | None = typer.Option(None, "--address", help="HOST:PORT to listen on (default: trainer.address; port 0 = any free port)."),
-    jobs_dir: str | None = typer.Option(None, "--jobs-dir", help="The jobs folder (default: trainer.jobs_dir, under MTSERVE_HOME)."),
     registry: str | None = typer.Option(None, "--registry", help="Registry HOST:PORT jobs register and promote in (default: trainer.registry_address)."),
-    max_running: int | None = typer.Option(None, "--max-running", help="Jobs training at once; more wait queued (default: trainer.max_running_jobs)."),
 ) -> None:
-    """The trainer service: jobs run as subprocesses, survive a restart as
-    interrupted (resumable); stopping the service stops its running jobs."""
+    """The trainer service: queues jobs on the Celery `train` queue (run by
+    `mtserve train worker` on the GPU machines) and reports them from the job
+    records in trainer.database_url; stopping it leaves running jobs alone."""
     from services.trainer.server import create_server
 
-    s = _settings(config, **{"trainer.address": address, "trainer.jobs_dir": jobs_dir, "trainer.registry_address": registry,
-                             "trainer.max_running_jobs": max_running})
+    s = _settings(config, **{"trainer.address": address, "trainer.registry_address": registry})
     service, port = create_server(s.trainer.address, s)
     _run(service, "trainer", s.trainer.address, port)

@@ -78,6 +78,7 @@ def inference_status(address: str, s: Any) -> Component:
         return {
             "registry_revision": info.registry_revision, "registry_connected": info.registry_connected,
             "loaded": [c.id for c in info.checkpoints if c.loaded], "queue_depth": info.queue_depth,
+            "dtype": {c.id: c.dtype for c in info.checkpoints if c.loaded},
         }
 
     return service_status("inference", address, INFERENCE_SERVICE, s, state)
@@ -122,4 +123,27 @@ def status_cmd(
         rows = [[c.kind, c.address, c.health, c.version, ", ".join(f"{k}={v}" for k, v in c.detail.items())] for c in components]
         _table(None, ["component", "address", "health", "version", "state"], rows)
     if any(c.health != "SERVING" for c in components):
+        raise typer.Exit(1)
+
+
+health_app = typer.Typer(help="grpc.health.v1 of one server: for container health checks and scripts.", no_args_is_help=True)
+app.add_typer(health_app, name="health")
+
+
+@health_app.command("check")
+def health_check_cmd(
+    address: str = typer.Argument(..., help="HOST:PORT of one server."),
+    service: str = typer.Option("", "--service", help='The service to ask about (mtserve.v1.Registry, mtserve.v1.Inference, ...; "": the server).'),
+) -> None:
+    """Print the server's health (SERVING, NOT_SERVING, UNREACHABLE, ...); exit 0 only when SERVING.
+    Health needs no token; TLS is as for every client (tls.ca_file or the local CA)."""
+    from mtserve.errors import MtserveError
+
+    try:
+        health, _version = health_and_version(address, service, settings())
+    except MtserveError as exc:  # no CA to trust
+        typer.echo(f"ERROR: {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(health)
+    if health != "SERVING":
         raise typer.Exit(1)

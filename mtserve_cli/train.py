@@ -6,6 +6,7 @@
     validate -f job.yaml              the spec with every default filled in
     submit -f job.yaml [--promote]    the same job on the trainer service (`mtserve serve trainer`)
     status [JOB] | watch JOB | cancel JOB | resume JOB
+    worker                            a Celery worker of the `train` queue: runs the service's jobs here
 
 The service's client (and grpc with it) is imported inside the commands that
 need it; `run` imports the registry client only when asked to register."""
@@ -308,7 +309,7 @@ def run_cmd(
 
             assert address is not None  # set together with client
             try:
-                report = finish_job(out, client, promote=promote, address=address, result_file=spec.runs_path / f"job-{spec.name}.result.json")
+                report = finish_job(result, client, promote=promote, address=address, result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()
             except MtserveError as exc:  # the result is printed anyway: the checkpoints exist
                 error = exc
@@ -414,7 +415,7 @@ def status_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """One job (progress, attempts, error, result table and promotion) or the list of jobs."""
-    from services.trainer.jobs import JobState
+    from services.trainer.records import JobState
 
     states = []
     for value in state:
@@ -520,3 +521,58 @@ def resume_cmd(
         typer.echo(f"job {job.id}: {job.state.value}", err=True)
         if watch:
             _follow(client, job.id, as_json=as_json)
+
+
+# -- the train worker ---------------------------------------------------------------------------
+
+
+def train_worker_argv(loglevel: str, hostname: str | None, extra: Any = ()) -> list[str]:
+    """The celery command line `mtserve train worker` runs: the `train` queue,
+    one pool process and no prefetch (one job per worker at a time; a second
+    job reserved here would wait hours instead of going to an idle GPU)."""
+    import sys
+
+    from services.trainer.celery_app import QUEUE
+
+    argv = [
+        sys.executable, "-m", "celery", "-A", "services.trainer.celery_app", "worker",
+        "--queues", QUEUE, "--pool", "prefork", "--concurrency", "1", "--prefetch-multiplier", "1",
+        # Mingle and gossip (worker-to-worker chatter) buy nothing here and slow every start.
+        "--without-mingle", "--without-gossip", "--loglevel", loglevel,
+    ]
+    if hostname:
+        argv += ["--hostname", hostname]
+    return argv + list(extra)
+
+
+@train_app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker_cmd(
+    ctx: typer.Context,
+    loglevel: str = typer.Option("info", "--loglevel", "-l", help="Celery log level."),
+    hostname: str | None = typer.Option(None, "--hostname", "-n", help="Worker node name (default celery@HOST)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the celery command instead of running it."),
+) -> None:
+    """Run training jobs from the Celery `train` queue on this machine, one at a
+    time (one worker per GPU machine; extra arguments go to celery)."""
+    import os
+
+    from mtserve_cli.batch import _check_broker
+    from mtserve_cli.root import state
+
+    s = settings()
+    argv = train_worker_argv(loglevel, hostname, ctx.args)
+    if dry_run:
+        typer.echo(" ".join(argv))
+        return
+    _check_broker(s)
+    from services.trainer.store import JobStore
+
+    JobStore(s.trainer_database_url).close()  # migrate (and fail, naming the setting) before taking jobs
+    env = dict(os.environ)
+    if state.config_file is not None:  # the worker reads the same settings file
+        env["MTSERVE_CONFIG"] = str(Path(state.config_file).resolve())
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(argv[0], argv, env)  # become the worker: signals reach celery directly

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 from trainer.promote import finish_job
 
                 assert address is not None  # set together with registry
-                report = finish_job(out, registry, promote=promote, address=address, emit=emit,
+                report = finish_job(result, registry, promote=promote, address=address, emit=emit,
                                     result_file=spec.runs_path / f"job-{spec.name}.result.json")
                 out["promotion"] = report.to_dict()
         finally:

@@ -28,6 +28,10 @@ resampled metrics), and for proportions also the Wilson score interval
 
     centre = (p + z^2/2n) / (1 + z^2/n),
     half   = z / (1 + z^2/n) * sqrt(p(1-p)/n + z^2/(4n^2)),   z = 1.96 for 95%.
+
+The bootstrap is hand-written, not scipy.stats.bootstrap: a library would draw other resamples and change every
+committed interval, and would add scipy for one function; here one matrix of resample counts serves every metric and
+the paired comparisons of trainer.qualify alike.
 """
 
 from __future__ import annotations

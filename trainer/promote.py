@@ -30,11 +30,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mtserve.errors import MtserveError, NotFoundError, PreconditionError, UnavailableError
 from mtserve.records import CheckpointRecord, Route, RouteChange, RouteUpdate, TaskRecord, TaskStatus
 from mtserve.tasks import Task
+
+if TYPE_CHECKING:  # trainer.results imports torch; this module must not (the trainer service imports it)
+    from trainer.results import JobResult, TaskRow
 
 MOVED = "moved"  # the route now names the job's checkpoint
 ALREADY = "already routed"  # it did before (a job promoted twice, say)
@@ -51,6 +54,27 @@ class Registry(Protocol):
     def set_routes(self, changes: Sequence[RouteChange], *, reason: str = "") -> tuple[list[RouteUpdate], int]: ...
 
 
+@dataclass(frozen=True)
+class RoutePlace:
+    """Where a task's route points: the checkpoint and the task version it names."""
+
+    checkpoint_id: str
+    task_version: int
+
+    @classmethod
+    def of(cls, route: Route) -> RoutePlace:
+        return cls(route.checkpoint_id, route.task_version)
+
+
+@dataclass(frozen=True)
+class RegisteredCheckpoint:
+    """One of the job's checkpoints, as the registry registered it."""
+
+    id: str
+    path: str
+    changed: bool  # False: it was registered already, with the same manifest
+
+
 @dataclass
 class TaskPromotion:
     """What happened to one task's route, and why."""
@@ -65,11 +89,11 @@ class TaskPromotion:
     ratio_low: float | None = None
     ratio_high: float | None = None
     task_version: int | None = None  # the version the (new) route names, or the registry's current one
-    route_before: dict[str, Any] | None = None  # {"checkpoint_id", "task_version"}; None: no route
-    route_after: dict[str, Any] | None = None
+    route_before: RoutePlace | None = None  # None: no route
+    route_after: RoutePlace | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # the routes as {"checkpoint_id", "task_version"}
 
 
 @dataclass
@@ -77,7 +101,7 @@ class PromotionReport:
     job: str
     registry: str  # the address (or a description) of the registry used
     promote: bool  # routes were asked to move; False: registration only
-    registered: list[dict[str, Any]] = field(default_factory=list)  # {"id", "path", "changed"}
+    registered: list[RegisteredCheckpoint] = field(default_factory=list)
     tasks: list[TaskPromotion] = field(default_factory=list)
     revision: int | None = None  # the registry revision of the route transaction (None: no route changed)
     reason: str = ""  # kept in the route history of every task moved
@@ -92,23 +116,10 @@ class PromotionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "job": self.job, "registry": self.registry, "promote": self.promote, "registered": self.registered,
+            "job": self.job, "registry": self.registry, "promote": self.promote, "registered": [asdict(c) for c in self.registered],
             "tasks": [t.to_dict() for t in self.tasks], "moved": self.moved, "stayed": self.stayed,
             "already_routed": [t.task for t in self.tasks if t.action == ALREADY], "revision": self.revision, "reason": self.reason,
         }
-
-    def lines(self) -> list[str]:
-        """One line per task, for logs and the CLI."""
-        out = [f"registered: {c['id']} ({'new' if c['changed'] else 'already registered'})" for c in self.registered]
-        for t in self.tasks:
-            before = t.route_before["checkpoint_id"] if t.route_before else "no route"
-            if t.action == MOVED:
-                out.append(f"{t.task}: moved {before} -> {t.checkpoint_id} (task version {t.task_version}): {t.reason}")
-            elif t.action == ALREADY:
-                out.append(f"{t.task}: already on {t.checkpoint_id} (task version {t.task_version})")
-            else:
-                out.append(f"{t.task}: stayed on {before}: {t.reason}")
-        return out
 
 
 # -- planning (pure) ------------------------------------------------------------------------
@@ -118,23 +129,23 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def ratio_text(row: Mapping[str, Any]) -> str:
-    if row.get("ratio") is None:
+def ratio_text(row: TaskRow) -> str:
+    if row.ratio is None:
         return "ratio -"
-    if row.get("ratio_low") is None:
-        return f"ratio {_fmt(row['ratio'])}"
-    return f"ratio {_fmt(row['ratio'])} (95% CI {_fmt(row['ratio_low'])}-{_fmt(row['ratio_high'])})"
+    if row.ratio_low is None:
+        return f"ratio {_fmt(row.ratio)}"
+    return f"ratio {_fmt(row.ratio)} (95% CI {_fmt(row.ratio_low)}-{_fmt(row.ratio_high)})"
 
 
-def qualification_of(result: Mapping[str, Any], row: Mapping[str, Any]) -> tuple[bool | None, str | None, str]:
-    """(qualified, verdict, why) of a job-result row."""
-    if result.get("method") == "single_task":
+def qualification_of(method: str, row: TaskRow) -> tuple[bool | None, str | None, str]:
+    """(qualified, verdict, why) of a task of a job of this method."""
+    if method == "single_task":
         return True, "single-task model", "a single-task job's model is its own baseline"
-    qualified, verdict = row.get("qualified"), row.get("verdict")
+    qualified, verdict = row.qualified, row.verdict
     if qualified is None:
         return None, None, "no qualification verdict: there is no single-task baseline to compare with (baselines.train: false)"
     ratio = ratio_text(row)
-    degenerate = "; against a degenerate baseline (it does not beat its trivial baseline)" if row.get("degenerate_baseline") else ""
+    degenerate = "; against a degenerate baseline (it does not beat its trivial baseline)" if row.degenerate_baseline else ""
     if verdict and "within noise" in verdict:
         word = "qualified" if qualified else "not qualified"
         return bool(qualified), verdict, f"{word} by the point rule, within noise: {ratio} straddles 0.99 of its baseline{degenerate if qualified else ''}"
@@ -144,14 +155,14 @@ def qualification_of(result: Mapping[str, Any], row: Mapping[str, Any]) -> tuple
 
 
 def plan(
-    result: Mapping[str, Any],
+    result: JobResult,
     registry_tasks: Mapping[str, TaskRecord | None],
     routes: Mapping[str, Route],
     checkpoints: Mapping[str, CheckpointRecord],
 ) -> tuple[list[RouteChange], list[TaskPromotion]]:
     """The route changes of a promotion and the outcome of every task.
 
-    result          a job result (`JobResult.to_dict()`)
+    result          the job's result
     registry_tasks  task name -> the registry's current version (None: unknown)
     routes          the registry's route table before the change
     checkpoints     the job's registered checkpoints by id (their manifests
@@ -159,16 +170,14 @@ def plan(
     """
     changes: list[RouteChange] = []
     out: list[TaskPromotion] = []
-    for row in result.get("rows", []):
-        name = row["task"]
-        cid = row.get("checkpoint")
-        qualified, verdict, why = qualification_of(result, row)
+    for row in result.rows:
+        name, cid = row.task, row.checkpoint
+        qualified, verdict, why = qualification_of(result.method, row)
         current = routes.get(name)
-        before = {"checkpoint_id": current.checkpoint_id, "task_version": current.task_version} if current else None
+        before = RoutePlace.of(current) if current else None
         entry = TaskPromotion(
             task=name, action=STAYED, checkpoint_id=cid, reason=why, qualified=qualified, verdict=verdict,
-            ratio=row.get("ratio"), ratio_low=row.get("ratio_low"), ratio_high=row.get("ratio_high"),
-            route_before=before, route_after=before,
+            ratio=row.ratio, ratio_low=row.ratio_low, ratio_high=row.ratio_high, route_before=before, route_after=before,
         )
         out.append(entry)
         if not qualified:
@@ -184,7 +193,7 @@ def plan(
         if record.status is TaskStatus.RETIRED:
             entry.reason = f"{why}; but the task is retired in the registry"
             continue
-        trained = row.get("definition_hash")
+        trained = row.definition_hash
         if not trained:
             entry.reason = f"{why}; but the job result does not say which task definition was trained (re-run the job to refresh it)"
             continue
@@ -203,7 +212,7 @@ def plan(
             entry.action, entry.reason = ALREADY, why
             continue
         entry.action, entry.reason = MOVED, why
-        entry.route_after = {"checkpoint_id": cid, "task_version": record.version}
+        entry.route_after = RoutePlace(cid, record.version)
         changes.append(RouteChange(name, cid, record.version))
     return changes, out
 
@@ -260,25 +269,25 @@ def connect_registry(spec: Any, address: str, *, promote: bool) -> tuple[Any, di
     return RegistryClient(address, timeout=REGISTER_TIMEOUT_SECONDS), event
 
 
-def register_and_promote(result: Mapping[str, Any], registry: Registry, *, promote: bool, address: str = "") -> PromotionReport:
+def register_and_promote(result: JobResult, registry: Registry, *, promote: bool, address: str = "") -> PromotionReport:
     """Register the job's checkpoints; when `promote`, move every qualified
     task whose definition the registry still has, in one transaction."""
-    job = str(result.get("job", ""))
+    job = result.job
     report = PromotionReport(job=job, registry=address, promote=promote)
     by_id: dict[str, CheckpointRecord] = {}
-    for path in result.get("checkpoints", []):
+    for path in result.checkpoints:
         record, changed = registry.register_checkpoint(str(path))
         by_id[record.id] = record
-        report.registered.append({"id": record.id, "path": record.path, "changed": changed})
+        report.registered.append(RegisteredCheckpoint(record.id, record.path, changed))
     if not promote:
         return report
     routes, _ = registry.get_routes()
     tasks: dict[str, TaskRecord | None] = {}
-    for row in result.get("rows", []):
+    for row in result.rows:
         try:
-            tasks[row["task"]] = registry.get_task(row["task"])
+            tasks[row.task] = registry.get_task(row.task)
         except NotFoundError:
-            tasks[row["task"]] = None
+            tasks[row.task] = None
     changes, report.tasks = plan(result, tasks, {r.task: r for r in routes}, by_id)
     if changes:
         ids = sorted({c.checkpoint_id for c in changes})
@@ -288,14 +297,14 @@ def register_and_promote(result: Mapping[str, Any], registry: Registry, *, promo
         entries = {t.task: t for t in report.tasks}
         for update in updates:
             entry = entries[update.route.task]
-            entry.route_after = {"checkpoint_id": update.route.checkpoint_id, "task_version": update.route.task_version}
+            entry.route_after = RoutePlace.of(update.route)
             if not update.changed:  # another promotion got there between our read and our write
                 entry.action = ALREADY
     return report
 
 
 def finish_job(
-    result: Mapping[str, Any], registry: Registry, *, promote: bool, address: str, emit: Any = None, result_file: Any = None
+    result: JobResult, registry: Registry, *, promote: bool, address: str, emit: Any = None, result_file: Any = None
 ) -> PromotionReport:
     """`register_and_promote` for a finished job, as the CLI and `python -m
     trainer run` do it: events `promotion` (or `promotion_failed`, then the
@@ -306,7 +315,7 @@ def finish_job(
         if emit is not None:
             emit({"event": "promotion_failed", "registry": address, "error": str(exc)})
         raise PreconditionError(
-            f"training finished (checkpoints: {', '.join(map(str, result.get('checkpoints', [])))}), but "
+            f"training finished (checkpoints: {', '.join(map(str, result.checkpoints))}), but "
             f"{'promotion' if promote else 'registration'} with the registry at {address} failed: {exc}. "
             "Run the job again with --resume when the registry is back: finished runs are reused."
         ) from None
@@ -315,11 +324,11 @@ def finish_job(
     if result_file is not None:
         from trainer.checkpoint import write_json
 
-        write_json(result_file, {**dict(result), "promotion": report.to_dict()})
+        write_json(result_file, {**result.to_dict(), "promotion": report.to_dict()})
     return report
 
 
 __all__ = [
-    "ALREADY", "MOVED", "STAYED", "PromotionReport", "Registry", "TaskPromotion",
+    "ALREADY", "MOVED", "STAYED", "PromotionReport", "RegisteredCheckpoint", "Registry", "RoutePlace", "TaskPromotion",
     "check_registry", "finish_job", "plan", "qualification_of", "register_and_promote",
 ]

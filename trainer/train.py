@@ -34,11 +34,19 @@ torch is seeded per stage, the sampler is seeded, the loop uses no
 nondeterministic CPU ops, and `torch.use_deterministic_algorithms` is on while
 training (on CUDA also set CUBLAS_WORKSPACE_CONFIG=:4096:8, see docs/training.md).
 
-Data parallel: under torchrun (WORLD_SIZE > 1) every rank draws the same window
-and takes micro-batches j with j % world == rank; the model is wrapped in DDP
-(gradients averaged, the loss pre-scaled by the world size so the average is
-the per-example mean above); rank 0 evaluates and writes states and
-checkpoints.
+Data parallel: under torchrun (WORLD_SIZE > 1) the global batch stays that of
+one process (micro_batch x grad_accum examples a step): every rank draws the
+same window and takes the step's micro-batches j with j % world == rank, so
+each rank runs grad_accum / world of them (grad_accum must be a multiple of
+the world size; DistributedSampler's rank::world split, applied to the
+step's micro-batches). The model is wrapped in DDP (gradients averaged, the loss pre-scaled
+by the world size so the average is the per-example mean above), so a step's
+update is the one-process update up to the order of float sums. The logged
+loss and token counts are summed over ranks. Rank 0 keeps the one-process
+generator stream; the other ranks reseed theirs every step from (stage seed,
+step, rank), so dropout masks differ between ranks and a resumed run (which
+restores rank 0's saved generator) draws the same masks. Rank 0 evaluates and
+writes states and checkpoints; the others wait for it.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -348,16 +357,39 @@ class Dist:
         return self.rank == 0
 
 
+# How long a rank waits in a collective. Only rank 0 evaluates, while the others
+# wait in the next step's gradient all-reduce: a dev evaluation of a large model
+# can outlast torch's default (10 minutes on NCCL), which would kill a healthy job.
+DIST_TIMEOUT = timedelta(hours=2)
+
+
 def init_distributed(device_type: str) -> Dist:
     """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; one process is rank 0 of 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    for var, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        # `accelerate launch` with an FSDP or DeepSpeed config only sets these;
+        # the trainer wraps DDP itself, so it would silently run unsharded.
+        if os.environ.get(var, "").lower() in ("1", "true"):
+            raise MtserveError(f"{var} is set: the trainer runs DDP only, {engine} is not wired (docs/training.md, 'Several GPUs')")
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=DIST_TIMEOUT)
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def check_world(grad_accum: int, world: int) -> None:
+    """Each rank runs grad_accum / world micro-batches of a step; a remainder
+    would leave ranks with unequal counts, and DDP would wait forever for the
+    gradients of a backward pass that one rank never runs."""
+    if grad_accum % world:
+        raise ValidationError(
+            "training.grad_accum",
+            f"must be a multiple of the world size {world}: the ranks split each step's micro_batch x grad_accum examples "
+            f"(lower micro_batch and raise grad_accum to keep the batch)", grad_accum,
+        )
 
 
 def barrier(d: Dist) -> None:
@@ -589,6 +621,11 @@ def stage_seed(seed: int, stage_index: int, name: str) -> int:
     return int(hashlib.sha256(f"{seed}/{stage_index}/{name}".encode()).hexdigest()[:12], 16)
 
 
+def rank_seed(stage_seed: int, step: int, rank: int) -> int:
+    """The generator seed of rank > 0 at a step (see the module docstring, Data parallel)."""
+    return int(hashlib.sha256(f"{stage_seed}/step/{step}/rank/{rank}".encode()).hexdigest()[:12], 16)
+
+
 class Trainer:
     """Runs a list of stages on one model, resumably (see trainer.checkpoint)."""
 
@@ -619,6 +656,7 @@ class Trainer:
         self.precision = resolve_precision(settings.precision, self.device)
         self.autocast_dtype = autocast_dtype(self.precision)
         self.loss_module: nn.Module = AnswerLoss(model)
+        check_world(settings.grad_accum, self.dist.world)
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -675,7 +713,7 @@ class Trainer:
         sizes = {t: len(data[t]) for t in tasks}
         sampler = MixtureSampler(plan.rates, sizes, seed)
         optimizer = build_optimizer(self.model, plan.lr, s.weight_decay)
-        per_step = s.examples_per_step * self.dist.world
+        per_step = s.examples_per_step  # the global batch, split across ranks (see _step)
         consumed = {t: 0 for t in tasks}
         step = 0
         window_index, window_start_step = 0, 0
@@ -726,7 +764,12 @@ class Trainer:
             for f in (f for mb in micro for f in mb):
                 consumed[f.task] += 1
             lr = lr_at(step, plan.steps, plan.lr, s.warmup_ratio)
-            loss, tokens = self._step(optimizer, micro, lr, per_step)
+            if self.dist.rank > 0:
+                # Only rank 0's generator is saved with the state: the others draw
+                # from one seeded by the step, the same after a resume, and never
+                # the stream of another rank.
+                torch.manual_seed(rank_seed(seed, step, self.dist.rank))
+            loss, tokens = self._step(optimizer, micro, lr)
             step += 1
             progress.steps += 1
             progress.tokens += tokens
@@ -786,10 +829,10 @@ class Trainer:
         self, sampler: MixtureSampler, data: Mapping[str, TrainSet], plan: StagePlan, seed: int, window: int, start_step: int, draws: int
     ) -> list[list[list[Feature]]]:
         """The next `length_group_steps` steps (fewer at the end of the stage):
-        step -> micro-batches of this rank."""
+        step -> the micro-batches of all ranks (each rank trains its share, _step)."""
         s = self.s
         n_steps = min(s.length_group_steps, plan.steps - start_step)
-        per_step_micro = s.grad_accum * self.dist.world
+        per_step_micro = s.grad_accum  # all ranks' micro-batches of a step: every rank draws the whole window
         feats = []
         for j in range(n_steps * per_step_micro * s.micro_batch):
             task, idx = next(sampler)
@@ -801,11 +844,12 @@ class Trainer:
             steps.append(chunk)
         return steps
 
-    def _step(self, optimizer: torch.optim.Optimizer, micro: list[list[Feature]], lr: float, per_step: int) -> tuple[float, int]:
-        """One optimizer step over this step's micro-batches; returns (loss of
-        the whole step as seen by this rank, real tokens)."""
-        mine = [mb for j, mb in enumerate(micro) if j % self.dist.world == self.dist.rank]
-        examples_in_step = sum(len(mb) for mb in micro)
+    def _step(self, optimizer: torch.optim.Optimizer, micro: list[list[Feature]], lr: float) -> tuple[float, int]:
+        """One optimizer step over the step's micro-batches (this rank's share
+        of them); returns the loss of the whole step and its real tokens, over
+        all ranks."""
+        mine = micro[self.dist.rank :: self.dist.world]
+        examples_in_step = sum(len(mb) for mb in micro)  # global: the weights of all ranks sum to one
         total_loss, tokens = 0.0, 0
         for j, mb in enumerate(mine):
             batch = collate(mb, self.pad_id, examples_in_step)
@@ -825,7 +869,14 @@ class Trainer:
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return total_loss * self.dist.world, tokens
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            # One small all-reduce a step, so that events report the step as one process would.
+            both = torch.tensor([total_loss, float(tokens)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(both)
+            total_loss, tokens = float(both[0]), int(both[1])
+        return total_loss, tokens
 
     def _autocast(self) -> Any:
         if self.autocast_dtype is None:
@@ -889,11 +940,13 @@ __all__ = [
     "TrainSet",
     "Trainer",
     "build_optimizer",
+    "check_world",
     "collate",
     "encode_task",
     "group_by_length",
     "init_distributed",
     "lr_at",
+    "rank_seed",
     "read_corpus_blocks",
     "reference_answer_loss",
     "stage_seed",

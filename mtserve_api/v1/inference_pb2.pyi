@@ -104,20 +104,24 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadedCheckpoint(_message.Message):
-    __slots__ = ("id", "path", "loaded", "error", "queue_depth", "tasks")
+    __slots__ = ("id", "path", "loaded", "error", "queue_depth", "tasks", "dtype", "dtype_reason")
     ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_REASON_FIELD_NUMBER: _ClassVar[int]
     id: str
     path: str
     loaded: bool
     error: str
     queue_depth: int
     tasks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., queue_depth: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ...) -> None: ...
+    dtype: str
+    dtype_reason: str
+    def __init__(self, id: _Optional[str] = ..., path: _Optional[str] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., queue_depth: _Optional[int] = ..., tasks: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., dtype_reason: _Optional[str] = ...) -> None: ...
 
 class ServedTask(_message.Message):
     __slots__ = ("task", "version", "checkpoint_id", "serving", "reason")

@@ -26,11 +26,12 @@ if _version_not_supported:
 
 
 class TrainerStub:
-    """/ Training jobs. A job is a subprocess (`python -m trainer run`) writing
-    / JSON-line progress events; jobs beyond the service's limit wait as
-    / QUEUED. A job whose process ends without finishing (the service was
-    / stopped or killed, the process was killed) is INTERRUPTED and can be
-    / resumed from its last saved training state.
+    """/ Training jobs. A job is a task on the `train` queue: a train worker runs
+    / it as `python -m trainer run` and records its progress events in the
+    / job database; it waits as QUEUED until a worker is free. A job whose
+    / process ends without finishing (its process or worker was killed) is
+    / INTERRUPTED and can be resumed from its last saved training state; a
+    / job whose worker died is taken over by another worker.
     """
 
     def __init__(self, channel):
@@ -72,15 +73,16 @@ class TrainerStub:
 
 
 class TrainerServicer:
-    """/ Training jobs. A job is a subprocess (`python -m trainer run`) writing
-    / JSON-line progress events; jobs beyond the service's limit wait as
-    / QUEUED. A job whose process ends without finishing (the service was
-    / stopped or killed, the process was killed) is INTERRUPTED and can be
-    / resumed from its last saved training state.
+    """/ Training jobs. A job is a task on the `train` queue: a train worker runs
+    / it as `python -m trainer run` and records its progress events in the
+    / job database; it waits as QUEUED until a worker is free. A job whose
+    / process ends without finishing (its process or worker was killed) is
+    / INTERRUPTED and can be resumed from its last saved training state; a
+    / job whose worker died is taken over by another worker.
     """
 
     def StartJob(self, request, context):
-        """/ Validate a job spec and queue the job (it starts when a slot is free).
+        """/ Validate a job spec and queue the job (it starts when a train worker is free).
         / A spec error is INVALID_ARGUMENT naming the field; asking to promote or
         / register while the registry does not answer is FAILED_PRECONDITION.
         """
@@ -171,11 +173,12 @@ def add_TrainerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Trainer:
-    """/ Training jobs. A job is a subprocess (`python -m trainer run`) writing
-    / JSON-line progress events; jobs beyond the service's limit wait as
-    / QUEUED. A job whose process ends without finishing (the service was
-    / stopped or killed, the process was killed) is INTERRUPTED and can be
-    / resumed from its last saved training state.
+    """/ Training jobs. A job is a task on the `train` queue: a train worker runs
+    / it as `python -m trainer run` and records its progress events in the
+    / job database; it waits as QUEUED until a worker is free. A job whose
+    / process ends without finishing (its process or worker was killed) is
+    / INTERRUPTED and can be resumed from its last saved training state; a
+    / job whose worker died is taken over by another worker.
     """
 
     @staticmethod

@@ -25,10 +25,10 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mtserve.auth import TokenStore, ensure_local_admin
+from mtserve.auth import TokenStore
 from mtserve.config import Settings, is_loopback
 from mtserve.errors import (
     IntegrityError,
@@ -42,6 +42,7 @@ from mtserve.errors import (
 from mtserve.metrics_http import MetricsEndpoint, MetricsServer
 from mtserve.tls import ServerPems
 from mtserve_api.roles import ROLE_OF, allows, is_public
+from services.common.health import HealthServicer
 from services.common.logs import REQUEST_ID_KEY, VERSION_KEY, current_request_id, loggable, request_id_from, set_request_id
 from services.common.metrics import REFUSED, RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS
 
@@ -76,6 +77,18 @@ STATUS_OF: tuple[tuple[type[MtserveError], grpc.StatusCode], ...] = (
 # Health checks and reflection keep answering while draining: a load balancer
 # must be able to read NOT_SERVING, not a refused call.
 _ALWAYS_ALLOWED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+# grpc.health.v1 Watch, which clients balancing over replicas keep open on
+# every replica (client-side health checking, mtserve_api/client.py). The
+# health servicer answers it without holding a worker thread
+# (experimental_non_blocking), but only while its handler is the servicer's
+# own: wrapped by an interceptor it becomes an ordinary stream that holds a
+# thread for as long as the client is connected, counts as a call in flight
+# (so a graceful stop waited the whole grace period for it) and against
+# registry.max_streams. So the interceptors leave it a non-blocking handler
+# (the error interceptor only refuses an undecodable body); it is public (no
+# token) and must answer while draining anyway.
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
 
 def status_of(exc: MtserveError) -> grpc.StatusCode | None:
@@ -112,8 +125,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        if handler is None:
-            return None
+        if handler is None or details.method == HEALTH_WATCH:
+            return handler
         method = details.method
         in_flight = RPC_IN_FLIGHT.labels(self.service)
         if handler.unary_unary is not None:
@@ -245,6 +258,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         method = details.method
         if (handler.unary_unary or handler.unary_stream) is not None and handler.request_deserializer is not None:
             handler = handler._replace(request_deserializer=_marking_undecodable(handler.request_deserializer))
+        if method == HEALTH_WATCH:
+            return _non_blocking_health_watch(handler)
         caller, refusal = self._identify(details)
         if refusal is not None:
             return _refusing(handler, *refusal)
@@ -325,6 +340,20 @@ def _refuse_if_undecodable(request: Any, context: grpc.ServicerContext, method: 
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: the body is not a valid request message of {method}")
 
 
+def _non_blocking_health_watch(handler: Any) -> Any:
+    """The health servicer's Watch handler, still non-blocking (HEALTH_WATCH),
+    refusing an undecodable body like every other call."""
+    inner = handler.unary_stream
+
+    def watch(request: Any, context: grpc.ServicerContext, send_response_callback: Any = None) -> Any:
+        _refuse_if_undecodable(request, context, HEALTH_WATCH)
+        return inner(request, context, send_response_callback)
+
+    # grpcio reads this attribute of the behaviour to pass it send_response_callback instead of running it on a thread.
+    setattr(watch, "experimental_non_blocking", getattr(inner, "experimental_non_blocking", False))  # noqa: B010
+    return handler._replace(unary_stream=watch)
+
+
 def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     """A handler of the same kind as `handler` that refuses the call."""
 
@@ -363,8 +392,7 @@ def token_store(settings: Settings, service: str, address: str) -> TokenStore | 
             raise PreconditionError(f"auth.enabled is false: the {service} service may then listen on a loopback address only, not {address}")
         log.warning("%s: AUTH IS OFF (auth.enabled=false): every caller on this machine may call every RPC", service)
         return None
-    ensure_local_admin(settings.home)
-    return TokenStore(settings.home)
+    return settings.server_token_store()
 
 
 def _refuse_if_in_use(address: str) -> None:
@@ -439,7 +467,7 @@ class Service:
             # without it, calls waiting for a worker thread queue without bound.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = HealthServicer()  # non-blocking Watch (services/common/health.py says why not grpc_health's)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.set_serving(False)
         reflection.enable_server_reflection(

@@ -116,6 +116,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _weights_dtype(loaded: Any) -> str:
+    """float32, bfloat16, ...; "" for a checkpoint without local weights (TGI)."""
+    model = getattr(loaded, "model", None)
+    if model is None or not hasattr(model, "parameters"):
+        return ""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def count_served(answer: Answer) -> None:
     """Labels served per task and checkpoint (a metric: drift between days)."""
     p = answer.prediction
@@ -184,7 +192,7 @@ class InferenceCore:
 
     # -- loading ---------------------------------------------------------------------------
     def _load(self, record: CheckpointRecord) -> Any:
-        from mtserve.models import load_checkpoint
+        from mtserve.serving_precision import load_for_serving
 
         folder = Path(record.path)
         # The folder must still hold the artefact the registry registered
@@ -201,7 +209,8 @@ class InferenceCore:
 
             loaded = load_tgi_checkpoint(folder, self.tgi)
         else:
-            loaded = load_checkpoint(folder, device=self.device, dtype=self.dtype)
+            # `dtype: auto` may measure bf16 against float32 here (mtserve/serving_precision.py).
+            loaded = load_for_serving(folder, device=self.device, dtype=self.dtype)
         if loaded.manifest.id != record.id:
             raise IntegrityError(f"checkpoint {record.id!r}: the folder {folder} holds checkpoint {loaded.manifest.id!r}")
         return loaded
@@ -266,7 +275,7 @@ class InferenceCore:
                 model = getattr(loaded, "model", None)
                 if model is not None and hasattr(model, "parameters"):
                     MODEL_BYTES.labels(cid).set(sum(p.numel() * p.element_size() for p in model.parameters()))
-                log.info("loaded checkpoint %s in %.1fs", cid, seconds)
+                log.info("loaded checkpoint %s in %.1fs; %s", cid, seconds, getattr(loaded, "dtype_reason", "") or "dtype not reported")
             # Tokenizer-level checks (labels that tokenize alike) per routed task.
             versions = state.task_versions()
             task_errors: dict[str, str] = {}
@@ -466,6 +475,8 @@ class InferenceCore:
                     error="" if model else serving.failures.get(cid, ""),
                     queue_depth=model.batcher.depth if model else 0,
                     tasks=tuple(sorted(by_checkpoint[cid])),
+                    dtype=_weights_dtype(model.loaded) if model else "",
+                    dtype_reason=getattr(model.loaded, "dtype_reason", "") if model else "",
                 )
             )
         tasks = []

@@ -21,7 +21,7 @@ from mtserve_api.client import DEFAULT_MAX_MESSAGE_BYTES, ServiceClient, raise_r
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from services.trainer import convert
-from services.trainer.jobs import JobInfo, JobState
+from services.trainer.records import JobInfo, JobState
 
 if TYPE_CHECKING:
     from mtserve.config import Settings
@@ -54,7 +54,7 @@ class WatchStream:
 
 class TrainerClient(ServiceClient):
     SERVICE, NAME = SERVICE, "trainer"
-    NO_RETRY = ("StartJob", "ResumeJob")  # a retry could start a job twice
+    RETRY = ("GetJob", "ListJobs", "WatchJob")  # reads only: a retried StartJob or ResumeJob could start a job twice
     KEEPALIVE = True  # WatchJob streams last as long as a training job
 
     def __init__(

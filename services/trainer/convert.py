@@ -1,5 +1,5 @@
 """Conversions between the trainer's protobuf messages (mtserve.v1.Trainer)
-and its domain objects (services/trainer/jobs.py, the job result and event
+and its domain objects (services/trainer/records.py, the job result and event
 dicts of trainer/). Imports protobuf only, never grpc."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from mtserve.errors import ValidationError
 from mtserve_api.v1 import trainer_pb2 as tpb
-from services.trainer.jobs import Attempt, JobInfo, JobState, Options, Progress
+from services.trainer.records import Attempt, JobInfo, JobState, Options, Progress
 
 _STATE_PREFIX = "JOB_STATE_"
 
@@ -122,7 +122,7 @@ def job_from_pb(msg: tpb.Job) -> JobInfo:
         progress=Progress(run=p.run, stage=p.stage, step=p.step, steps=p.steps, loss=p.loss, tokens_per_s=p.tokens_per_s,
                           last_event=p.last_event, runs_done=p.runs_done, events=p.events, dev=dict(p.dev)),
         error=msg.error,
-        attempts=[Attempt(action=a.action, pid=a.pid, started_at=a.started_at, events_offset=0, ended_at=a.ended_at,
+        attempts=[Attempt(action=a.action, pid=a.pid, started_at=a.started_at, ended_at=a.ended_at,
                           exit_code=a.exit_code if a.HasField("exit_code") else None, outcome=a.outcome) for a in msg.attempts],
         result=result, folder=msg.folder,
     )

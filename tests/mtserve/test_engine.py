@@ -79,10 +79,11 @@ def test_distributions_and_answers_are_valid(engine, hotel):
             assert p.expected_value == pytest.approx(sum(s.probability * l.value for s, l in zip(p.scores, task.labels)))
 
 
-def reference_distribution(engine, task, inp):
+def reference_distribution(engine, task, inp, ask=None):
     """Score every label path by one plain forward pass over prompt + path,
-    no cache, no batching: what the engine must reproduce."""
-    seg = engine.renderer.render(task, inp)
+    no cache, no batching: what the engine must reproduce. For a multi-label
+    task, the yes/no distribution of the label asked."""
+    seg = engine.renderer.render(task, inp, ask=ask)
     trie = engine.trie(task)
     totals = []
     for path in trie.paths:
@@ -93,6 +94,100 @@ def reference_distribution(engine, task, inp):
         totals.append(sum(float(logp[start + k, tok]) for k, tok in enumerate(path)))
     z = torch.softmax(torch.tensor(totals, dtype=torch.double), 0)
     return [float(v) for v in z]
+
+
+def reference_text(engine, task, inp):
+    """Greedy decoding by a plain forward pass over the whole sequence at every step, no cache."""
+    ids = list(engine.renderer.render(task, inp).prompt)
+    end, generated = engine.renderer.end_of_answer_id, []
+    with torch.no_grad():
+        while len(generated) < task.max_new_tokens:
+            tok = int(engine.model(input_ids=torch.tensor([ids + generated])).logits[0, -1].argmax())
+            generated.append(tok)
+            if tok == end:
+                break
+    return decode_answer(engine.tokenizer, generated, end)
+
+
+def reference_answer(engine, req):
+    """What the no-cache, no-batching reference answers: the text of a
+    generation task, else one probability per label (p(yes) per label for a
+    multi-label task)."""
+    task = req.task
+    if task.is_generation:
+        return reference_text(engine, task, req.input)
+    if task.taxonomy.value == "multilabel":
+        return [reference_distribution(engine, task, req.input, ask=label)[0] for label in task.labels]
+    return reference_distribution(engine, task, req.input)
+
+
+def assert_matches(req, p, want, tol=1e-4):
+    """The same label (or text) as the reference, every probability within `tol`."""
+    task = req.task
+    if task.is_generation:
+        assert p.text == want, task.name
+        return
+    if task.taxonomy.value == "multilabel":
+        assert p.labels == tuple(label.name for label, q in zip(task.labels, want) if q >= task.threshold), task.name
+    else:
+        assert p.label == task.label_names[max(range(len(want)), key=want.__getitem__)], task.name
+    assert [s.probability for s in p.scores] == pytest.approx(want, abs=tol), task.name
+
+
+def many_label_task():
+    """34 labels that are whole sentences sharing their first tokens: a deep label trie."""
+    things = ["room", "bill", "breakfast", "booking", "staff", "pool", "parking", "wifi", "shower", "bed", "view", "lift",
+              "minibar", "spa", "gym", "bar", "lobby"]
+    labels = [{"name": f"{t}-{v}", "verbalizer": f"The {t} was {w}."} for t in things for v, w in (("good", "great"), ("bad", "not acceptable"))]
+    # No {labels} in the instruction: the prompt stays short, the reference (a pass per path) cheap.
+    return parse_task({"name": "aspect", "instruction": "Which sentence fits the review best?", "input_kind": "text",
+                       "taxonomy": "multiclass", "channels": ["review"], "labels": labels})
+
+
+def fast_path_requests(hotel):
+    """Prefixes asked one question (the fast path) beside prefixes asked many (the tree), in one batch."""
+    call, im = conv(Channel.CALL), conv(Channel.IM, "the key card stopped working", "I will send someone up")
+    email = Text("Hello, we need 20 rooms for a wedding in June.", Channel.EMAIL)
+    review, review2 = Text("Clean room, rude staff, great location.", Channel.REVIEW), Text("The lift was broken all week.", Channel.REVIEW)
+    gen = dataclasses.replace(hotel.task("cs"), max_new_tokens=6)
+    aspect = many_label_task()
+    shared = [Request(t, call) for t in hotel.tasks if t.applies_to(call.kind, call.channel) and not t.is_generation]
+    return [
+        Request(hotel.task("see"), im),  # lone: one ordinal task, one-token labels
+        *shared[:4],  # shared: several binary tasks on one call
+        Request(hotel.task("ec"), email),  # lone: multi-token labels (level 3 extends level 1)
+        Request(aspect, review),  # lone: 34 sentence labels
+        Request(aspect, review2), Request(hotel.task("rtc"), review2),  # shared: the many-label task beside a multi-label one
+        Request(gen, conv(Channel.IM, "can you summarise my stay?")),  # lone generation
+        *shared[4:],
+    ]
+
+
+def test_fast_path_gives_the_reference_answers_alone_and_in_mixed_batches(engine, hotel):
+    """Float32, to 1e-4: each request alone (its prefix asked one question: the
+    fast path), all of them in one batch (lone and shared prefixes side by
+    side), and that batch under a token budget that splits every pass."""
+    reqs = fast_path_requests(hotel)
+    mixed = engine.predict(reqs)
+    small = Engine(engine.model, engine.tokenizer, hotel.truncation, max_batch_tokens=128).predict(reqs)
+    for req, in_batch, chunked in zip(reqs, mixed, small):
+        want = reference_answer(engine, req)
+        for p in (in_batch, chunked, engine.predict([req])[0]):
+            assert_matches(req, p, want)
+
+
+def test_a_lone_request_costs_one_forward_pass(tiny_llama, hotel):
+    counting = CountingModel(tiny_llama.model)
+    engine = Engine(counting, tiny_llama.tokenizer, hotel.truncation)
+    call, email = conv(Channel.CALL), Text("Please change my booking to next Friday.", Channel.EMAIL)
+    engine.predict([Request(hotel.task("rc-a"), call)])
+    assert len(counting.calls) == 1  # prefix + question as one sequence; one-token labels decide there
+    counting.calls.clear()
+    engine.predict([Request(hotel.task("ec"), email)])
+    assert len(counting.calls) == 2  # and the multi-token label paths extend it
+    counting.calls.clear()
+    engine.predict([Request(hotel.task("rc-a"), call), Request(hotel.task("ec"), email), Request(hotel.task("rc-i"), conv(Channel.IM))])
+    assert len(counting.calls) == 2 and counting.calls[0][0] == 3  # three lone prefixes share the first pass
 
 
 def test_multi_token_label_probabilities_are_exact(engine, hotel):

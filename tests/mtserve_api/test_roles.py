@@ -56,8 +56,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     addresses = {}
     for name, create in (("Registry", registry_server), ("Inference", inference_server), ("Trainer", trainer_server)):
         kw: dict[str, Any] = {"watch": False} if name == "Inference" else {}
-        if name == "Trainer":
-            kw["jobs_dir"] = str(home / "jobs")
         service, port = create("127.0.0.1:0", settings, **kw)
         servers.append(service.start())
         addresses[name] = f"127.0.0.1:{port}"

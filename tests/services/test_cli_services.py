@@ -272,3 +272,25 @@ def test_json_logs_carry_the_request_id_and_never_the_customer_text(tmp_path, ti
     assert records and {"ts", "level", "logger", "message", "request_id"} <= set(records[0])
     assert any(r["request_id"] == "req-bad-2" and "INVALID_ARGUMENT" in r["message"] for r in records)
     assert not [line for line in lines if "Zebrafinch" in line]
+
+
+def test_promote_unrouted_never_moves_a_route_someone_set(tmp_path, hotel, tiny_llama_dir, tiny_qwen_dir, capsys):
+    """What the compose bootstrap runs on every start: only the tasks without a route get one."""
+    stack = start_stack(make_settings(tmp_path), hotel, [], inference=False)
+    try:
+        reg = ["--registry", stack.registry_address]
+        for folder in (tiny_llama_dir, tiny_qwen_dir):
+            assert run(capsys, "checkpoints", "register", str(folder), *reg)[0] == 0
+        code, out, err = run(capsys, "routes", "promote", "tiny-qwen", "see", "ec", *reg)  # someone's choice for two tasks
+        assert code == 0, err
+        code, out, err = run(capsys, "routes", "promote", "tiny-llama", "--all", "--unrouted", "--json", *reg)
+        assert code == 0, err
+        moved = {r["task"] for r in json.loads(out)["routes"]}
+        assert "see" not in moved and "ec" not in moved and len(moved) >= 10
+        code, out, _ = run(capsys, "routes", "show", "--json", *reg)
+        table = {r["task"]: r["checkpoint"] for r in json.loads(out)["routes"]}
+        assert table["see"] == table["ec"] == "tiny-qwen" and {table[t] for t in moved} == {"tiny-llama"}
+        code, out, _ = run(capsys, "routes", "promote", "tiny-llama", "--all", "--unrouted", "--json", *reg)
+        assert code == 0 and json.loads(out)["routes"] == []  # a second run: nothing left to route
+    finally:
+        stack.stop()

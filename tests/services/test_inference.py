@@ -75,6 +75,8 @@ def test_model_info(served, hotel):
     info = served.inference_client(timeout=10).model_info()
     assert [c.id for c in info.checkpoints] == ["tiny-llama"]  # tiny-qwen is registered, but no route names it
     assert info.checkpoints[0].loaded and sorted(info.checkpoints[0].tasks) == sorted(t.name for t in hotel.tasks)
+    # What the weights run in, and why (make_settings sets float32; `auto` would say what it measured).
+    assert (info.checkpoints[0].dtype, info.checkpoints[0].dtype_reason) == ("float32", "dtype float32 (set)")
     assert all(t.serving for t in info.tasks) and len(info.tasks) == len(hotel.tasks)
     assert info.registry_connected and info.state_source == "registry"
     assert info.registry_revision == served.registry.store.revision()

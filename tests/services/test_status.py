@@ -47,3 +47,15 @@ def test_status_shows_every_component_and_fails_on_an_unreachable_one(stack, cap
     assert [c["health"] for c in json.loads(out)] == ["SERVING", "UNREACHABLE"]
     code, out, _ = run(capsys, "status", "--registry", stack.registry_address, "--inference", stack.inference_address, "--no-workers")
     assert code == 0 and "SERVING" in out and "tiny-llama" in out  # the table
+
+
+def test_health_check_is_one_word_and_the_exit_code(stack, capsys):
+    """`mtserve health check`: what the compose health checks run."""
+    code, out, _ = run(capsys, "health", "check", stack.inference_address, "--service", "mtserve.v1.Inference")
+    assert (code, out) == (0, "SERVING\n")
+    code, out, _ = run(capsys, "health", "check", stack.registry_address)
+    assert (code, out) == (0, "SERVING\n")
+    code, out, _ = run(capsys, "health", "check", "127.0.0.1:1")
+    assert (code, out) == (1, "UNREACHABLE\n")
+    code, out, _ = run(capsys, "health", "check", stack.inference_address, "--service", "mtserve.v1.Nope")
+    assert code == 1 and out == "NOT_FOUND\n"

@@ -19,7 +19,9 @@ from mtserve.records import RouteChange
 from mtserve.tasks import Channel, load_catalogue
 from mtserve_api.registry import RegistryClient
 from mtserve_cli import main
+from trainer.evaluate import Trivial
 from trainer.promote import register_and_promote
+from trainer.results import JobResult, TaskRow
 from trainer.toy import PROMOTION_LABELS, write_promotion_job
 
 from .conftest import Stack, make_settings, start_registry, start_stack, wait_for
@@ -160,10 +162,10 @@ def test_a_promotion_of_many_tasks_is_one_transaction(tmp_path, hotel, tiny_llam
     try:
         names = [t.name for t in hotel.tasks]
 
-        def result(checkpoint: str, folder: Path) -> dict:
-            rows = [{"task": t.name, "qualified": True, "verdict": "qualified", "ratio": 1.0, "ratio_low": 1.0, "ratio_high": 1.0,
-                     "checkpoint": checkpoint, "definition_hash": t.content_hash()} for t in hotel.tasks]
-            return {"job": "flip", "method": "two_stage", "rows": rows, "checkpoints": [str(folder)]}
+        def result(checkpoint: str, folder: Path) -> JobResult:
+            rows = [TaskRow(t.name, None, t.content_hash(), Trivial("none", None, None), [], checkpoint=checkpoint, qualified=True,
+                            verdict="qualified", ratio=1.0, ratio_low=1.0, ratio_high=1.0) for t in hotel.tasks]
+            return JobResult("flip", "two_stage", rows, [], [str(folder)], None, len(rows), [], [], 0.0)
 
         poller = RoutePoller(stack.registry_address)
         with RegistryClient(stack.registry_address) as client:
@@ -184,15 +186,21 @@ def test_a_promotion_of_many_tasks_is_one_transaction(tmp_path, hotel, tiny_llam
 
 
 def test_a_service_job_promotes_when_it_ends(tmp_path, tiny_llama_dir):
+    """StartJob with promote: the job runs on a train worker (a Celery process),
+    which registers and promotes with its own credentials when it ends."""
     from services.trainer.client import TrainerClient
     from services.trainer.server import create_server
 
+    from .train_workers import make_train_env
+
     job = write_promotion_job(tmp_path / "job", tiny_llama_dir)
     stack = promo_stack(tmp_path, tmp_path / "job", tiny_llama_dir, inference=False)
-    settings = make_settings(tmp_path, **{"trainer.jobs_dir": str(tmp_path / "jobs"), "trainer.poll_seconds": 0.1})
-    trainer, port = create_server("127.0.0.1:0", settings, registry_address=stack.registry_address, child_env={"OMP_NUM_THREADS": "1"})
-    trainer.start()
+    env = make_train_env(tmp_path / "train", trainer_root=tmp_path.parent)
+    trainer = None
     try:
+        env.start_worker("w1")
+        trainer, port = create_server("127.0.0.1:0", make_settings(tmp_path, **env.overrides), registry_address=stack.registry_address)
+        trainer.start()
         with TrainerClient(f"127.0.0.1:{port}") as client:
             submitted = client.start_job(job.read_text(), base_dir=str(job.parent), promote=True)
             assert submitted.options.promote and submitted.options.registry_address == stack.registry_address
@@ -207,5 +215,7 @@ def test_a_service_job_promotes_when_it_ends(tmp_path, tiny_llama_dir):
         routes = {r.task: r.checkpoint_id for r in stack.registry.store.get_routes()[0]}
         assert routes == {"polarity": new, "mood": new, "stubborn": "tiny-llama"}
     finally:
-        trainer.stop()
+        if trainer is not None:
+            trainer.stop()
+        env.cleanup()
         stack.stop()

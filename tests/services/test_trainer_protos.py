@@ -1,6 +1,8 @@
 """trainer.proto's service (its stubs' staleness is test_protos.py's check of
-every generated file), and the trainer's conversions and job core import no
-grpc."""
+every generated file), and the trainer's conversions, job core, store and
+train-worker side (runner, Celery app and task) import no grpc nor torch: a
+train worker's parent process loads neither, and its training process is
+where torch lives."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ def test_the_trainer_service_has_its_six_rpcs_in_the_versioned_package():
 def test_the_trainer_core_and_conversions_import_no_grpc_nor_torch():
     code = (
         "import sys\n"
-        "import services.trainer.jobs, services.trainer.manager, services.trainer.convert, trainer.promote\n"
+        "import services.trainer.records, services.trainer.store, services.trainer.service, services.trainer.runner\n"
+        "import services.trainer.celery_app, services.trainer.tasks, services.trainer.convert, trainer.promote\n"
         "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'torch'))))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -1,17 +1,16 @@
-"""The trainer service over real sockets: jobs as subprocesses on tiny
-models. Submit, watch to completion (replayed, then live), get and list,
-through the CLI; cancel a running and a queued job; stop the service while a
-job runs (in process), and SIGKILL the service process while a job trains,
-restart it, find the job interrupted, resume it, and get exactly the result
-of an uninterrupted run; every error with its status code."""
+"""The trainer service over real sockets, its jobs on real train workers
+(Celery processes on a real Redis, queue `train`) with tiny models. Submit,
+watch to completion (replayed, then live), get and list, through the CLI;
+cancel a running and a queued job; stop the service while a job trains (the
+job goes on: it is the worker's); SIGKILL the worker training a job and see
+it resume on a second worker from its last saved state, ending with exactly
+the result of an uninterrupted run; every error with its status code."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +19,34 @@ import pytest
 import yaml
 
 from mtserve.checkpoints import read_manifest
-from mtserve.config import load_settings
-from mtserve.errors import NotFoundError, PreconditionError, ValidationError
+from mtserve.errors import NotFoundError, PreconditionError, UnavailableError, ValidationError
 from mtserve_api.client import connect
 from mtserve_api.v1 import trainer_pb2 as tpb
 from mtserve_api.v1 import trainer_pb2_grpc as tpb_grpc
 from mtserve_cli import main
 from services.trainer.client import TrainerClient
-from services.trainer.jobs import JobState, JobStore
-from services.trainer.manager import pid_alive
+from services.trainer.records import JobState
 from trainer.job import parse_job
 from trainer.pipeline import run_job
-from trainer.runs import read_events
 from trainer.toy import toy_job, write_toy_data
 
 from .conftest import make_settings, wait_for
+from .train_workers import TrainEnv, make_train_env
 
-ROOT = Path(__file__).resolve().parents[2]
-CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 # Long enough to be caught mid-stage (a tiny-model step takes a few hundredths of a second).
 LONG = {"baselines": {"train": False}, "max_steps": 5000, "mixture": {"stage1_steps": 4, "stage2_steps": 4000},
             "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 50}}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -61,22 +67,30 @@ def write_job(folder: Path, base: Path, **over: Any) -> Path:
     return path
 
 
-def trainer_settings(tmp_path: Path, **over: Any) -> Any:
-    return make_settings(tmp_path, **{"trainer.jobs_dir": str(tmp_path / "jobs"), "trainer.poll_seconds": 0.05,
-                                      "trainer.cancel_grace_seconds": 5, "trainer.root": str(tmp_path), **over})
+def trainer_settings(tmp_path: Path, env: TrainEnv, **over: Any) -> Any:
+    return make_settings(tmp_path, **{**env.overrides, **over})
 
 
-def start_trainer(tmp_path: Path, **over: Any) -> tuple[Any, str]:
+def start_trainer(tmp_path: Path, env: TrainEnv, **over: Any) -> tuple[Any, str]:
     from services.trainer.server import create_server
 
-    service, port = create_server("127.0.0.1:0", trainer_settings(tmp_path, **over), child_env=CHILD_ENV)
+    service, port = create_server("127.0.0.1:0", trainer_settings(tmp_path, env, **over))
     service.start()
     return service, f"127.0.0.1:{port}"
 
 
 @pytest.fixture
-def trainer(tmp_path):
-    service, address = start_trainer(tmp_path)
+def train_env(tmp_path):
+    env = make_train_env(tmp_path / "train", trainer_root=tmp_path)
+    yield env
+    env.cleanup()
+
+
+@pytest.fixture
+def trainer(tmp_path, train_env):
+    """The service and one train worker."""
+    train_env.start_worker("w1")
+    service, address = start_trainer(tmp_path, train_env)
     client = TrainerClient(address, cancel_grace=5)
     yield service, address, client
     client.close()
@@ -159,130 +173,127 @@ def test_submit_watch_status_through_the_cli(trainer, tmp_path, tiny_llama_dir, 
 # -- cancel, queue, graceful stop ---------------------------------------------------------------
 
 
-def test_cancel_running_and_queued_jobs_and_stop_the_service(tmp_path, tiny_llama_dir):
-    service, address = start_trainer(tmp_path)
+def test_cancel_running_and_queued_jobs_and_stop_the_service(tmp_path, tiny_llama_dir, train_env):
+    train_env.start_worker("w1")  # one worker: one job at a time, the next waits in the queue
+    service, address = start_trainer(tmp_path, train_env)
     long_job = write_job(tmp_path / "long", tiny_llama_dir, **LONG).read_text()
     base = str(tmp_path / "long")
     client = TrainerClient(address, cancel_grace=5)
     try:
         a = client.start_job(long_job, base_dir=base)
-        b = client.start_job(long_job, base_dir=base)  # max_running_jobs 1: waits
+        b = client.start_job(long_job, base_dir=base)
         running = wait_step(client, a.id)
         assert client.get_job(b.id).state is JobState.QUEUED
         pid = running.attempts[0].pid
 
         cancelled_b = client.cancel_job(b.id)
         assert cancelled_b.state is JobState.CANCELLED and cancelled_b.attempts == [] and "queued" in cancelled_b.error
-        cancelled_a = client.cancel_job(a.id)
+        cancelled_a = client.cancel_job(a.id)  # the worker sees the request in the record and stops the process
         assert cancelled_a.state is JobState.CANCELLED and cancelled_a.attempts[0].outcome == "cancelled"
         assert cancelled_a.attempts[0].exit_code == -signal.SIGTERM  # it ended on the SIGTERM, no SIGKILL needed
-        assert not pid_alive(pid, None)
+        assert not pid_alive(pid)
         with pytest.raises(PreconditionError, match="already cancelled"):
             client.cancel_job(a.id)
 
-        # a third job runs (the slot is free again); stopping the service stops it: interrupted, resumable
+        # b's message, delivered now, finds b cancelled and runs nothing; a third job takes the worker
         c = client.start_job(long_job, base_dir=base, restart=True)
         pid = wait_step(client, c.id).attempts[0].pid
     finally:
         client.close()
         service.stop()
-    assert not pid_alive(pid, None)
-    record = JobStore(tmp_path / "jobs").load(c.id)
-    assert record.state is JobState.INTERRUPTED and "the trainer service stopped" in record.error
+    # The job is the worker's, not the service's: it trains on with no service at all.
+    assert pid_alive(pid)
 
-    # a new service over the same folder reports it so; only one service may own the folder
-    service, address = start_trainer(tmp_path)
+    # A new service on the same database reports it, and can cancel it.
+    service, address = start_trainer(tmp_path, train_env)
     try:
-        from services.trainer.server import create_server
-
-        with pytest.raises(PreconditionError, match="another trainer service"):
-            create_server("127.0.0.1:0", trainer_settings(tmp_path))
         with TrainerClient(address) as client:
-            assert client.get_job(c.id).state is JobState.INTERRUPTED
+            assert client.get_job(c.id).state is JobState.RUNNING
+            assert client.get_job(b.id).attempts == []  # b never ran
             assert [j.id for j in client.list_jobs(states=[JobState.CANCELLED])] == [b.id, a.id]
             assert client.cancel_job(c.id).state is JobState.CANCELLED
+        assert not pid_alive(pid)
     finally:
         service.stop()
 
 
-# -- a real restart -------------------------------------------------------------------------
+# -- a worker killed mid-job ---------------------------------------------------------------------
 
 
-class ServiceProcess:
-    """`mtserve serve trainer` as a child process; the port is read from its first line."""
-
-    def __init__(self, jobs_dir: Path, env: dict[str, str]):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtserve_cli", "serve", "trainer", "--address", "127.0.0.1:0", "--jobs-dir", str(jobs_dir)],
-            env={**env, "MTSERVE_TRAINER__METRICS_ADDRESS": "127.0.0.1:0"}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        line = self.proc.stdout.readline()  # type: ignore[union-attr]
-        if "listening on" not in line:
-            self.proc.kill()
-            raise AssertionError(f"`mtserve serve trainer` did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        self.address = line.split("listening on ")[1].strip()
-        # Its own home: the local admin token and the local CA it made there on start.
-        self.settings = load_settings(env={"MTSERVE_HOME": env["MTSERVE_HOME"]})
-
-
-def test_a_killed_service_leaves_the_job_interrupted_and_resume_finishes_it_like_an_uninterrupted_run(tmp_path, tiny_llama_dir):
+def test_a_sigkilled_worker_s_job_resumes_on_a_second_worker_and_ends_like_an_uninterrupted_run(tmp_path, tiny_llama_dir):
+    """Two workers consume `train`; the one training the job is SIGKILLed
+    (parent and pool process, no chance to ack) once a state of stage 2 is
+    saved. Its training process ends with it (PR_SET_PDEATHSIG); Redis hands
+    the unacknowledged job back after the visibility timeout, the other worker
+    finds the lease expired, and resumes from the saved state; the final
+    checkpoint is byte-identical to an uninterrupted run's."""
     over = {"baselines": {"train": False}, "max_steps": 500, "mixture": {"stage1_steps": 4, "stage2_steps": 100},
                 "training": {"lr": 1e-3, "micro_batch": 2, "grad_accum": 2, "warmup_ratio": 0.1, "state_every_steps": 5, "length_group_steps": 4}}
     job = write_job(tmp_path / "job", tiny_llama_dir, **over)
-    env = {**os.environ, **CHILD_ENV, "MTSERVE_HOME": str(tmp_path / "home"), "MTSERVE_TRAINER__POLL_SECONDS": "0.05",
-           "MTSERVE_TRAINER__ROOT": str(tmp_path), "MTSERVE_CHECKPOINTS_DIR": str(Path(tiny_llama_dir).parent)}
-    jobs_dir = tmp_path / "jobs"
-    first = ServiceProcess(jobs_dir, env)
+    # A visibility timeout shorter than the job: the healthy job's message comes back
+    # too, and the lease, not the broker, keeps it from training twice.
+    env = make_train_env(tmp_path / "train", trainer_root=tmp_path, visibility_timeout=8, lease_seconds=4)
+    service = None
     try:
-        with TrainerClient(first.address, settings=first.settings) as client:
+        workers = {w.name: w for w in (env.start_worker("w1", ready=False), env.start_worker("w2", ready=False))}
+        for w in workers.values():
+            w.wait_ready()
+        service, address = start_trainer(tmp_path, env)
+        store = service.core.store
+        with TrainerClient(address) as client:
             job_id = client.start_job(job.read_text(), base_dir=str(job.parent)).id
-            events = jobs_dir / job_id / "events.jsonl"
 
             def saved_mid_stage2() -> int | None:
-                saved = [e["step"] for e in read_events(events) if e.get("event") == "state_saved" and e.get("stage") == "stage2"]
+                saved = [e["step"] for _, e in store.events(job_id) if e and e.get("event") == "state_saved" and e.get("stage") == "stage2"]
                 return saved[-1] if saved and saved[-1] >= 10 else None
 
-            killed_at = wait_for(saved_mid_stage2, "a saved state in stage 2", timeout=240)
-            pid = client.get_job(job_id).attempts[0].pid
-    finally:
-        first.proc.send_signal(signal.SIGKILL)
-        first.proc.wait()
-    assert not any(e.get("event") == "result" for e in read_events(events)), "the job ended before the service was killed"
-    # the job's process dies with the service that started it (--exit-with-parent)
-    wait_for(lambda: not pid_alive(pid, None), "the job process to end with its service")
+            killed_at = wait_for(saved_mid_stage2, "a saved state in stage 2", timeout=300)
+            first = store.get(job_id).attempts[-1]
+            doomed = workers[first.worker.split("@")[0]]
+            doomed.kill(signal.SIGKILL)
+            doomed.proc.wait(10)
+            assert not any(e and e.get("event") == "result" for _, e in store.events(job_id)), "the job ended before its worker was killed"
+            wait_for(lambda: not pid_alive(first.pid), "the training process to end with its worker", timeout=30)
 
-    second = ServiceProcess(jobs_dir, env)
-    try:
-        with TrainerClient(second.address, settings=second.settings) as client:
-            interrupted = client.get_job(job_id)
-            assert interrupted.state is JobState.INTERRUPTED and "service was stopped or killed" in interrupted.error
-            assert interrupted.attempts[0].outcome == "interrupted"
-            resumed = client.resume_job(job_id)
-            assert resumed.state is JobState.QUEUED
-            watched = [v for kind, v in client.watch_job(job_id) if kind == "event"]
+            watched = [v for kind, v in client.watch_job(job_id) if kind == "event"]  # follows the resume to its end
             done = client.get_job(job_id)
+        survivor = next(w for w in workers.values() if w is not doomed)
+        assert done.state is JobState.SUCCEEDED, done.error
+        ours = store.get(job_id).attempts
+        assert [a.action for a in ours] == ["start", "resume"] and [a.outcome for a in ours] == ["interrupted", "succeeded"]
+        assert ours[0].worker.startswith(f"{doomed.name}@") and ours[1].worker.startswith(f"{survivor.name}@")
+        lost = [e for e in watched if e["event"] == "attempt_lost"]
+        assert len(lost) == 1 and lost[0]["worker"] == ours[0].worker and "stopped heartbeating" in lost[0]["error"]
+        resumes = [e for e in watched if e["event"] == "resumed"]
+        assert resumes and resumes[0]["stage"] == "stage2" and resumes[0]["step"] >= killed_at
+        assert sum(e["event"] == "job_started" for e in watched) == 2  # two processes, never at once: one per attempt
     finally:
-        second.proc.send_signal(signal.SIGTERM)
-        _, err = second.proc.communicate(timeout=60)
-    assert second.proc.returncode == 0 and "trainer stopped" in err
-    assert done.state is JobState.SUCCEEDED, done.error
-    assert [a.action for a in done.attempts] == ["start", "resume"] and [a.outcome for a in done.attempts] == ["interrupted", "succeeded"]
-    resumes = [e for e in watched if e["event"] == "resumed"]
-    assert resumes and resumes[0]["stage"] == "stage2" and resumes[0]["step"] >= killed_at
+        if service is not None:
+            service.stop()
+        env.cleanup()
 
     reference = run_job(parse_job(toy_job(tmp_path / "clean", base_model=str(tiny_llama_dir), **over),
                                   write_job(tmp_path / "clean", tiny_llama_dir, **over).parent))
-    ours, theirs = read_manifest(done.result["checkpoints"][0]), read_manifest(reference.checkpoints[0])
-    assert ours.id == theirs.id
-    assert ours.files["model.safetensors"] == theirs.files["model.safetensors"]  # bit for bit
+    ours_m, theirs = read_manifest(done.result["checkpoints"][0]), read_manifest(reference.checkpoints[0])
+    assert ours_m.id == theirs.id
+    assert ours_m.files["model.safetensors"] == theirs.files["model.safetensors"]  # bit for bit
     assert [r["multi_task"] for r in done.result["rows"]] == [r["multi_task"] for r in reference.to_dict()["rows"]]
 
 
 # -- errors ----------------------------------------------------------------------------------
 
 
-def test_errors_have_their_status_codes_and_name_the_field(trainer, tmp_path, tiny_llama_dir, capsys):
-    _, address, client = trainer
+def test_errors_have_their_status_codes_and_name_the_field(tmp_path, tiny_llama_dir, capsys, train_env):
+    service, address = start_trainer(tmp_path, train_env)  # no worker: nothing here may be queued
+    client = TrainerClient(address)
+    try:
+        _errors(tmp_path, tiny_llama_dir, capsys, address, client)
+    finally:
+        client.close()
+        service.stop()
+
+
+def _errors(tmp_path: Path, tiny_llama_dir: Path, capsys: Any, address: str, client: TrainerClient) -> None:
     job = write_job(tmp_path / "bad", tiny_llama_dir)
     base = str(job.parent)
     good = yaml.safe_load(job.read_text())
@@ -342,51 +353,7 @@ def test_errors_have_their_status_codes_and_name_the_field(trainer, tmp_path, ti
     assert code == 2 and "cannot read file" in err
 
 
-# -- restart recovery and failures, without gRPC -------------------------------------------------
-
-
-def test_restart_recovery_follows_live_processes_and_judges_dead_ones(tmp_path):
-    """What a new service makes of jobs its records say are running: a live
-    process (same pid and start time) is followed to its end; a gone one is
-    judged from its log: a result means it succeeded, none that it was interrupted."""
-    from services.trainer.jobs import Attempt, JobRecord, Options, new_job_id, utcnow
-    from services.trainer.manager import JobManager, proc_start_ticks
-
-    store = JobStore(tmp_path / "jobs")
-
-    def running(name: str, pid: int, start: int | None, events: list[dict]) -> str:
-        record = JobRecord(id=new_job_id(name), name=name, state=JobState.RUNNING, created_at=utcnow(), options=Options(base_dir=str(tmp_path)))
-        store.create(record, f"name: {name}\n")
-        for event in events:
-            store.append_event(record.id, event)
-        record.attempts = [Attempt("start", pid, utcnow(), events_offset=0, proc_start=start)]
-        store.save(record)
-        return record.id
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    finished = running("finished", gone.pid, None, [{"event": "job_started"}, {"event": "result", "job": "finished", "rows": []}])
-    cut = running("cut", gone.pid, None, [{"event": "job_started"}, {"event": "step", "stage": "stage2", "step": 3, "steps": 9, "loss": 1.0}])
-    live_id = running("live", 0, None, [])
-    with open(store.events_path(live_id), "ab") as out:
-        live = subprocess.Popen([sys.executable, "-c", "import json, time; time.sleep(1.5); print(json.dumps({'event': 'result', 'job': 'live', 'rows': []}))"],
-                                stdout=out, start_new_session=True)
-    record = store.load(live_id)
-    record.attempts[0].pid, record.attempts[0].proc_start = live.pid, proc_start_ticks(live.pid)
-    store.save(record)
-
-    manager = JobManager(store, registry_address="", poll_seconds=0.05).start()
-    try:
-        assert manager.get(finished).state is JobState.SUCCEEDED and manager.get(finished).result == {"job": "finished", "rows": []}
-        interrupted = manager.get(cut)
-        assert interrupted.state is JobState.INTERRUPTED and "service was stopped or killed" in interrupted.error
-        assert interrupted.progress.stage == "stage2" and interrupted.progress.step == 3
-        assert manager.get(live_id).state is JobState.RUNNING  # followed again, not declared dead
-        live.wait()
-        wait_for(lambda: manager.get(live_id).state is JobState.SUCCEEDED, "the adopted job to end")
-        assert manager.get(live_id).attempts[0].exit_code is None  # not our child: its code is unknown
-    finally:
-        manager.close()
+# -- failures ----------------------------------------------------------------------------------
 
 
 def test_a_job_failing_in_its_process_reports_its_error(trainer, tmp_path, tiny_llama_dir):
@@ -402,3 +369,24 @@ def test_a_job_failing_in_its_process_reports_its_error(trainer, tmp_path, tiny_
     failed = client.get_job(submitted.id)
     assert failed.state is JobState.FAILED and failed.attempts[0].exit_code == 2
     assert failed.error.startswith("data: 1 bad line(s)") and f"{train}:3" in failed.error and "weather" in failed.error
+
+
+def test_start_job_with_the_queue_unreachable_is_unavailable_and_records_nothing(tmp_path, tiny_llama_dir):
+    from services.trainer.server import create_server
+
+    settings = make_settings(tmp_path, **{"batch.broker_url": "redis://:secret-pw@127.0.0.1:1/0", "trainer.root": str(tmp_path),
+                                          "trainer.database_url": f"sqlite:///{tmp_path / 'trainer.db'}"})
+    service, port = create_server("127.0.0.1:0", settings)
+    service.start()
+    try:
+        with TrainerClient(f"127.0.0.1:{port}") as client:
+            job = write_job(tmp_path / "job", tiny_llama_dir)
+            with pytest.raises(UnavailableError) as info:
+                client.start_job(job.read_text(), base_dir=str(job.parent))
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            details = info.value.details  # type: ignore[attr-defined]
+            assert "the train queue's broker redis://:**@127.0.0.1:1/0 is not reachable" in details and "the job was not queued" in details
+            assert "secret-pw" not in details
+            assert client.list_jobs() == []
+    finally:
+        service.stop()

@@ -19,7 +19,7 @@ where it stopped, and a job sharing baselines with another reuses them.
 What the runs and the job return is typed in trainer.results.
 
 Step counts: a stage of E epochs over a pool of n examples at b examples per
-optimizer step (micro_batch x grad_accum x ranks) runs ceil(E x n / b) steps,
+optimizer step (micro_batch x grad_accum, split across ranks) runs ceil(E x n / b) steps,
 where the pool is sum n_l for instance-, class-balanced, temperature and UniMax,
 and sum min(n_l, K) for the capped mixture (stage 2); explicit `*_steps`
 settings replace the computation. The job's `max_steps` caps each run (all its

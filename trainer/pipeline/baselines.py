@@ -40,7 +40,7 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> SingleTaskRun:
     payload = {
         "kind": "single_task", "task": task.to_dict(), "data": ctx.data_identity(task.name), "base": ck.base_identity(base_dir),
         "max_train_examples": ctx.spec.max_train_examples, "stages": [p.to_dict() for p in plan], "eval": cache.eval_key(ctx),
-        "world": ctx.dist.world, **cache.hyper(ctx),
+        "world": cache.world_key(ctx), **cache.hyper(ctx),
     }
     run = cache.open_run(ctx, "st", task.name, payload)
     if run.action == "cached":

@@ -48,6 +48,19 @@ def hyper(ctx: Context) -> dict[str, Any]:
             "prompt_format": PROMPT_FORMAT, "eval_dtype": ctx.eval_dtype}
 
 
+def world_key(ctx: Context) -> int | dict[str, Any]:
+    """The `world` entry of a training run's key. The global batch is the same
+    at any world size, yet ranks still change what a run produces: the gradient
+    all-reduce sums in another order (float32 differences of ~1e-7 a step that
+    training can grow), and ranks > 0 draw other dropout masks. So the size
+    stays in the key. One process keeps the 1 its keys always held (cached runs
+    stay valid); several ranks write a mapping, because before the batch was
+    split a key with `"world": W` meant W x micro_batch x grad_accum examples
+    a step, and such runs must not be taken for these."""
+    world = ctx.dist.world
+    return 1 if world == 1 else {"ranks": world, "batch": "global"}
+
+
 def eval_key(ctx: Context, **extra: Any) -> dict[str, Any]:
     """How dev sets are chosen and evaluated: part of every key that evaluates."""
     e = ctx.spec.eval

@@ -22,7 +22,7 @@ from trainer import checkpoint as ck
 from trainer.data import DevSelection, Example, SplitData, check_no_bad_lines, load_task_data, sample_dev
 from trainer.job import JobSpec, default_lr
 from trainer.runs import EventLog, RunStore
-from trainer.train import Dist, init_distributed
+from trainer.train import Dist, check_world, init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class Context:
 
     @property
     def per_step(self) -> int:
-        return self.spec.examples_per_step * self.dist.world
+        """Examples per optimizer step: the global batch, the same at any world
+        size (the ranks split it, trainer.train)."""
+        return self.spec.examples_per_step
 
     @property
     def precision(self) -> str:
@@ -209,6 +211,7 @@ def build_context(
     settings = settings or load_settings()
     dev = resolve_device(spec.device)
     dist = init_distributed(dev.type)
+    check_world(spec.training.grad_accum, dist.world)  # before any run opens, not at the first Trainer
     if dist.world > 1 and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)

@@ -58,7 +58,7 @@ def run_multi_task(
         "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": ck.base_identity(base_dir),
         "stages": [p.to_dict() for p in stages], "max_train_examples": spec.max_train_examples,
         "eval": cache.eval_key(ctx, multitask_every_steps=spec.eval.multitask_every_steps),
-        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": ctx.dist.world, **cache.hyper(ctx),
+        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": cache.world_key(ctx), **cache.hyper(ctx),
     }
     run = cache.open_run(ctx, "mt", f"{spec.name}-{group}", payload)
     if run.action == "cached":

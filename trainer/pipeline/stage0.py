@@ -29,7 +29,7 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
     corpus_sha256 = sha256_file(corpus)
     payload = {
         "kind": "stage0", "base": ck.base_identity(base_dir), "corpus_sha256": corpus_sha256, "steps": steps, "lr": lr,
-        "world": ctx.dist.world, **cache.hyper(ctx),
+        "world": cache.world_key(ctx), **cache.hyper(ctx),
     }
     run = cache.open_run(ctx, "stage0", "corpus", payload)
     checkpoint_id = f"stage0-{run.key[:12]}"
