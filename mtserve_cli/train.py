@@ -374,7 +374,8 @@ def _print_job(job: Any) -> None:
         typer.echo(f"  {'promote' if opts.promote else 'register'} with the registry at {opts.registry_address}")
     for i, a in enumerate(job.attempts, 1):
         end = f"ended {a.ended_at[:19]} ({a.outcome}, exit {a.exit_code})" if a.ended_at else "running"
-        typer.echo(f"  attempt {i}: {a.action}, pid {a.pid}, started {a.started_at[:19]}, {end}")
+        where = f" on {a.worker}" if a.worker else ""
+        typer.echo(f"  attempt {i}: {a.action}{where}, pid {a.pid}, started {a.started_at[:19]}, {end}")
     typer.echo(f"  folder: {job.folder}")
     if job.result:
         print_result(job.result)

@@ -136,20 +136,22 @@ class Progress(_message.Message):
     def __init__(self, run: _Optional[str] = ..., stage: _Optional[str] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., loss: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., last_event: _Optional[str] = ..., runs_done: _Optional[int] = ..., events: _Optional[int] = ..., dev: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Attempt(_message.Message):
-    __slots__ = ("action", "pid", "started_at", "ended_at", "exit_code", "outcome")
+    __slots__ = ("action", "pid", "started_at", "ended_at", "exit_code", "outcome", "worker")
     ACTION_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
     action: str
     pid: int
     started_at: str
     ended_at: str
     exit_code: int
     outcome: str
-    def __init__(self, action: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., exit_code: _Optional[int] = ..., outcome: _Optional[str] = ...) -> None: ...
+    worker: str
+    def __init__(self, action: _Optional[str] = ..., pid: _Optional[int] = ..., started_at: _Optional[str] = ..., ended_at: _Optional[str] = ..., exit_code: _Optional[int] = ..., outcome: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class Estimate(_message.Message):
     __slots__ = ("value", "low", "high", "metric")

@@ -102,7 +102,8 @@ def job_to_pb(info: JobInfo) -> tpb.Job:
                               last_event=p.last_event, runs_done=p.runs_done, events=p.events, dev=p.dev),
     )
     for a in info.attempts:
-        attempt = tpb.Attempt(action=a.action, pid=a.pid, started_at=a.started_at, ended_at=a.ended_at, outcome=a.outcome)
+        attempt = tpb.Attempt(action=a.action, pid=a.pid, started_at=a.started_at, ended_at=a.ended_at, outcome=a.outcome,
+                              worker=a.worker)
         _set_optional(attempt, exit_code=a.exit_code)
         msg.attempts.append(attempt)
     if info.result is not None:
@@ -123,7 +124,8 @@ def job_from_pb(msg: tpb.Job) -> JobInfo:
                           last_event=p.last_event, runs_done=p.runs_done, events=p.events, dev=dict(p.dev)),
         error=msg.error,
         attempts=[Attempt(action=a.action, pid=a.pid, started_at=a.started_at, ended_at=a.ended_at,
-                          exit_code=a.exit_code if a.HasField("exit_code") else None, outcome=a.outcome) for a in msg.attempts],
+                          exit_code=a.exit_code if a.HasField("exit_code") else None, outcome=a.outcome,
+                          worker=a.worker) for a in msg.attempts],
         result=result, folder=msg.folder,
     )
 

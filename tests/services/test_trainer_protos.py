@@ -29,3 +29,23 @@ def test_the_trainer_core_and_conversions_import_no_grpc_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+def test_a_job_survives_the_wire_with_every_attempt_and_the_worker_that_ran_it():
+    """A job resumed on another train worker shows both workers to a client
+    over gRPC, as the store has them (the kill test's store-side check)."""
+    from services.trainer.convert import job_from_pb, job_to_pb
+    from services.trainer.records import Attempt, JobInfo, JobState, Options, Progress
+
+    job = JobInfo(
+        id="j1", name="mix", state=JobState.SUCCEEDED, created_at="2026-12-03T10:00:00Z", started_at="2026-12-03T10:00:01Z",
+        finished_at="2026-12-03T10:09:00Z", options=Options(), spec_yaml="name: mix\n",
+        progress=Progress(run="mt-1", stage="stage2", step=7, steps=10, dev={"a": 0.5}), error="",
+        attempts=[Attempt(action="start", pid=11, started_at="t0", ended_at="t1", exit_code=-9, outcome="interrupted", worker="w1@a/1"),
+                  Attempt(action="resume", pid=12, started_at="t2", ended_at="t3", exit_code=0, outcome="succeeded", worker="w2@b/2"),
+                  Attempt(action="resume", pid=13, started_at="t4")],
+        result=None, folder="/runs/j1",
+    )
+    back = job_from_pb(job_to_pb(job))
+    assert back == job
+    assert [a.worker for a in back.attempts] == ["w1@a/1", "w2@b/2", ""]
