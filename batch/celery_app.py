@@ -14,6 +14,7 @@ gRPC channels and SQLAlchemy connection pools do not survive a fork.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from celery import Celery
@@ -135,7 +136,12 @@ def _shutdown_worker(**_: Any) -> None:
 @worker_process_init.connect
 def _init_worker_process(**_: Any) -> None:
     # Runs in each pool process right after the fork, never in the parent.
-    worker.init(getattr(app, "mtserve_settings", None) or load_settings())
+    settings = getattr(app, "mtserve_settings", None) or load_settings()
+    if settings.batch.scorer == "local":  # the model runs here: its pool processes share the cores
+        from mtserve.threads import apply_torch_threads
+
+        apply_torch_threads(settings.torch_threads, processes=settings.batch.worker_concurrency or 1, who=f"worker process {os.getpid()}")
+    worker.init(settings)
 
 
 @worker_process_shutdown.connect

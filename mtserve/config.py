@@ -337,6 +337,11 @@ class Settings(_Section):
     # batch local scorer) measures bf16 against float32 at load and keeps it only
     # if the answers match (mtserve/serving_precision.py; ModelInfo says which).
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Torch's CPU threads in a process that runs the model (the inference
+    # service; each pool process of a local-scorer worker). Default: OMP_NUM_THREADS
+    # if set, else the cores the process may use divided by the processes
+    # sharing them (mtserve/threads.py; docs/operations.md).
+    torch_threads: int | None = Field(default=None, ge=1)
     checkpoints_dir: str | None = None  # under home by default
     log_level: str = "INFO"
     # Service logs: "text" (one line, with the request id) or "json" (one

@@ -306,6 +306,8 @@ def worker_cmd(
         return
     _check_broker(s)
     env = dict(os.environ)
+    # The pool processes divide the cores between them (mtserve/threads.py): they must know how many they are.
+    env["MTSERVE_BATCH__WORKER_CONCURRENCY"] = argv[argv.index("--concurrency") + 1]
     if s.batch.metrics_address:
         # A fresh folder for the pool processes' metrics (batch/metrics.py),
         # in the environment before Celery starts, so every process inherits it.

@@ -76,9 +76,11 @@ def serve_inference(
     state_file: str | None = typer.Option(None, "--state-file", help="Last-known-good state copy (default: inference.state_file)."),
 ) -> None:
     """The inference service (follows the registry; serves from its last-known-good copy while the registry is down)."""
+    from mtserve.threads import apply_torch_threads
     from services.inference.server import create_server
 
     s = _settings(config, **{"inference.address": address, "inference.registry_address": registry, "inference.state_file": state_file})
+    apply_torch_threads(s.torch_threads, who="inference")  # the whole process is one model server
     service, port = create_server(s.inference.address, s)
     _run(service, "inference", s.inference.address, port)
 

@@ -154,3 +154,10 @@ def test_worker_parent_has_no_torch_its_pool_process_does(worker: Any, first: di
     children = worker.children()
     assert children, "the worker has no pool process"
     assert any("libtorch" in maps(pid) for pid in children)
+
+
+def test_each_pool_process_chose_its_torch_threads(worker: Any, first: dict) -> None:
+    """A local-scorer pool process sets torch's threads on purpose and says why
+    (here the test's OMP_NUM_THREADS=1 wins, as an operator's choice would)."""
+    log = worker.log()
+    assert any(f"worker process {pid}: 1 torch thread(s) (OMP_NUM_THREADS)" in log for pid in worker.children()), log[-2000:]
