@@ -1,16 +1,24 @@
 """Constrained label decoding over a local transformers model.
 
-A batch of requests (any mix of tasks and inputs) is scored as a tree:
+A batch of requests (any mix of tasks and inputs) is scored in two levels:
 
     level 1  each distinct input's prefix            one forward pass, left-padded
-    level 2  each (input, task[, label asked]) suffix  extends the prefix KV cache
-    level 3  the remaining tokens of every label path  teacher-forced, extends level 2
+    level 2  a token tree per prefix: the questions asked of it and, under each
+             question, its label paths (teacher forced), merged where they
+             share tokens; one row per tree, extending the prefix's cache row
 
-so a conversation scored on 17 tasks pays for its prefix once. The tree
-pays only where a prefix is shared: a prefix asked one question (one task
-that is not multi-label, and nothing else on that input) is run with its
-suffix in level 1, as one sequence, so a lone request with one-token labels
-costs one forward pass, not two; its level 3 extends level 1.
+so a conversation scored on 17 tasks pays for its prefix once, and its
+questions and label paths pay once for the tokens they share: the 7
+questions of a multi-label task share their instruction and branch only at
+the label's name, the 34 sentence labels of a many-label task share their
+first words. A tree is one packed row: each token's position is its depth
+below the prefix and a tree-shaped attention mask lets it see the prefix,
+its ancestors and itself, so there is one copy of the prefix's keys and
+values per tree, whatever the number of questions, and no padding between
+questions. A prefix asked one question (one task that is not multi-label,
+and nothing else on that input) is run with its question in level 1, as one
+sequence, so a lone request with one-token labels costs one forward pass;
+its tree holds only its label paths.
 
 Label probabilities are exact: the product of the token probabilities along
 each label's path, renormalized over the task's labels; when every label is
@@ -18,10 +26,11 @@ one distinct token, the question's pass alone decides. Generation tasks
 decode greedily from the question's pass until the end-of-answer token or
 their bound.
 
-Rows of a level are right-padded, so a row's cache may hold padding in the
-middle; attention masks mark it and position ids come from the mask, so a
-row's result does not depend on what else is in the batch (tests check alone
-vs. mixed batches to 1e-5).
+Rows of a pass are padded, so a row's cache may hold padding; attention
+masks mark it and positions come from the mask (level 1) or the tree depth
+(level 2), so a row's result does not depend on what else is in the batch
+(tests check alone vs. mixed batches, and the tree against a plain pass per
+label path, to 1e-4).
 """
 
 from __future__ import annotations
@@ -72,6 +81,83 @@ class _Common(TypedDict):
     truncated: bool
 
 
+@dataclass
+class _Tree:
+    """A token tree that extends one cached level-1 row (`row`): questions and
+    their label paths, merged where they share leading tokens. Node -1 is the
+    row's last cached token (a lone question's end: its logits are level 1's)."""
+
+    row: int
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    depths: list[int] = field(default_factory=list)  # 0 for a child of the cached row
+    # (query, label index, the node whose next-token log-probs give each path token)
+    reads: list[tuple[_Query, int, list[int]]] = field(default_factory=list)
+    _children: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def add(self, parent: int, tokens: Sequence[int]) -> list[int]:
+        """The nodes of `tokens` below `parent`, reusing nodes already there."""
+        nodes = []
+        for tok in tokens:
+            node = self._children.get((parent, tok))
+            if node is None:
+                node = len(self.tokens)
+                self._children[(parent, tok)] = node
+                self.tokens.append(tok)
+                self.parents.append(parent)
+                self.depths.append(0 if parent < 0 else self.depths[parent] + 1)
+            nodes.append(node)
+            parent = node
+        return nodes
+
+    def ask(self, q: _Query, suffix: Sequence[int]) -> None:
+        """A question (its suffix; empty when level 1 ran it) and its label paths."""
+        end = (self.add(-1, suffix) or [-1])[-1]
+        q.step_logprobs = [torch.empty(0)] * len(q.trie.paths)  # type: ignore[union-attr]
+        for j, path in enumerate(q.trie.paths):  # type: ignore[union-attr]
+            self.reads.append((q, j, [end] + self.add(end, path[:-1])))
+
+    def read_nodes(self) -> set[int]:
+        return {node for _, _, nodes in self.reads for node in nodes}
+
+    def visible(self) -> torch.Tensor:
+        """[nodes, nodes]: True where the row's node sees the column's (an ancestor or itself)."""
+        n = len(self.tokens)
+        sees = torch.zeros((n, n), dtype=torch.bool)
+        for node, parent in enumerate(self.parents):  # a parent always precedes its children
+            if parent >= 0:
+                sees[node] = sees[parent]
+            sees[node, node] = True
+        return sees
+
+    def fill(self, first: torch.Tensor, logp: torch.Tensor | None, column: dict[int, int]) -> None:
+        """Each query's label-path token log-probs, from level 1's `first`
+        (node -1) and this tree's pass (`logp` rows by `column`)."""
+        for q, j, nodes in self.reads:
+            path = q.trie.paths[j]  # type: ignore[union-attr]
+            assert logp is not None or all(node < 0 for node in nodes)
+            steps = [first[tok] if node < 0 else logp[column[node], tok] for node, tok in zip(nodes, path)]  # type: ignore[index]
+            q.step_logprobs[j] = torch.stack(steps)
+
+
+def _plant(row: int, asked: Sequence[tuple[_Query, Sequence[int]]], max_tokens: int) -> list[_Tree]:
+    """The trees of one level-1 row: its questions in order, a new tree when
+    the next question could take the current one past max_tokens (counted
+    without sharing, so a tree never exceeds it; a bigger question is a tree
+    of its own)."""
+    trees: list[_Tree] = []
+    size = 0
+    for q, suffix in asked:
+        assert q.trie is not None  # classification questions only
+        need = len(suffix) + sum(len(path) - 1 for path in q.trie.paths)
+        if not trees or (size and size + need > max_tokens):
+            trees.append(_Tree(row))
+            size = 0
+        trees[-1].ask(q, suffix)
+        size += need
+    return trees
+
+
 class Engine:
     """Scores requests on one loaded model. Thread-safe: calls are serialized,
     because one forward pass already uses every core (or the whole GPU)."""
@@ -83,12 +169,17 @@ class Engine:
         policy: TruncationPolicy | None = None,
         *,
         max_batch_tokens: int = 8192,
+        max_tree_tokens: int = 512,
         name: str = "",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.renderer = PromptRenderer(tokenizer, policy)
         self.max_batch_tokens = max_batch_tokens
+        # A tree's attention is dense over its row (a mask, not a sparse
+        # kernel), so its cost grows with tokens x (prefix + tokens): trees are
+        # kept to this many tokens, several per prefix when its questions need more.
+        self.max_tree_tokens = max_tree_tokens
         self.name = name
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.renderer.end_of_answer_id
         self._tries: OrderedDict[tuple[str, Task | None], LabelTrie] = OrderedDict()
@@ -183,57 +274,81 @@ class Engine:
         for group in _pack([len(ids) for _, ids in rows], self.max_batch_tokens):
             prefixes = [rows[k][0] for k in group]
             last, cache, mask = self._forward_prefixes([rows[k][1] for k in group])
-            lone = [r for r, p in enumerate(prefixes) if len(by_prefix[p]) == 1]
-            if lone:
-                first = torch.log_softmax(last[lone].float(), dim=-1)
-                self._continue([by_prefix[prefixes[r]][0] for r in lone], lone, first, cache, mask)
-            row_of = {p: r for r, p in enumerate(prefixes) if len(by_prefix[p]) > 1}
-            if row_of:
-                self._run_suffixes(cache, mask, row_of, [q for p in row_of for q in by_prefix[p]])
+            trees: list[_Tree] = []
+            lone_gen: list[int] = []
+            shared_gen: dict[int, list[_Query]] = {}
+            for r, p in enumerate(prefixes):
+                qs = by_prefix[p]
+                if len(qs) == 1 and qs[0].trie is None:
+                    lone_gen.append(r)
+                    continue
+                asked = [(q, () if len(qs) == 1 else q.suffix) for q in qs if q.trie is not None]
+                trees += _plant(r, asked, self.max_tree_tokens)
+                if len(qs) > 1 and any(q.trie is None for q in qs):
+                    shared_gen[r] = [q for q in qs if q.trie is None]
+            first = torch.log_softmax(last.float(), dim=-1)  # lone rows: their question's next token
+            self._score_trees(trees, first, cache, mask)
+            if lone_gen:
+                picked = torch.tensor(lone_gen, device=self.device)
+                self._generate([by_prefix[prefixes[r]][0] for r in lone_gen], first[lone_gen], _select(cache, picked), mask.index_select(0, picked))
+            if shared_gen:
+                self._generate_after_questions(cache, mask, shared_gen)
 
-    def _run_suffixes(self, cache: DynamicCache, mask: torch.Tensor, row_of: dict[int, int], queries: list[_Query]) -> None:
-        """Level 2: the questions of the shared prefixes, each a row extending its prefix's cache row."""
+    def _score_trees(self, trees: list[_Tree], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Level 2: every tree as one row extending its prefix's cache row, the
+        trees batched within the token budget; fills each query's path log-probs."""
+        runnable = [t for t in trees if t.tokens]
+        for tree in trees:
+            if not tree.tokens:  # a lone question whose labels are one token each: level 1 decided
+                tree.fill(first[tree.row], None, {})
         width = mask.shape[1]
-        lengths = [width + len(q.suffix) for q in queries]
-        for chunk in _pack(lengths, self.max_batch_tokens):
+        for chunk in _pack([width + len(t.tokens) for t in runnable], self.max_batch_tokens):
+            batch = [runnable[k] for k in chunk]
+            logp, column = self._forward_trees(batch, cache, mask)
+            for b, tree in enumerate(batch):
+                tree.fill(first[tree.row], logp[b], column)
+
+    def _forward_trees(self, trees: list[_Tree], cache: DynamicCache, mask: torch.Tensor) -> tuple[torch.Tensor, dict[int, int]]:
+        """One pass over right-padded tree rows, each extending its prefix's
+        cache row. Returns the log-probabilities at the tree positions some
+        label path reads ([trees, kept, vocab]) and position -> kept column."""
+        n, width = max(len(t.tokens) for t in trees), mask.shape[1]
+        parents = torch.tensor([t.row for t in trees], device=self.device)
+        past = mask.index_select(0, parents).bool()
+        ids = torch.full((len(trees), n), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(trees), n), dtype=torch.long)
+        # [rows, 1, query, key]: True where a tree position may attend. Padding
+        # positions see only themselves, so no row of the softmax is empty.
+        attend = torch.zeros((len(trees), 1, n, width + n), dtype=torch.bool)
+        attend[:, 0, :, width:] = torch.eye(n, dtype=torch.bool)
+        for b, tree in enumerate(trees):
+            k = len(tree.tokens)
+            ids[b, :k] = torch.tensor(tree.tokens)
+            positions[b, :k] = int(past[b].sum()) + torch.tensor(tree.depths)
+            attend[b, 0, :k, :width] = past[b].cpu()
+            attend[b, 0, :k, width : width + k] = tree.visible()
+        keep = sorted({node for t in trees for node in t.read_nodes() if node >= 0})
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=attend.to(self.device),
+            position_ids=positions.to(self.device),
+            cache=_select(cache, parents),
+            use_cache=True,
+            logits_to_keep=torch.tensor(keep, device=self.device),
+        )
+        return torch.log_softmax(out.logits.float(), dim=-1), {node: c for c, node in enumerate(keep)}
+
+    def _generate_after_questions(self, cache: DynamicCache, mask: torch.Tensor, asked: dict[int, list[_Query]]) -> None:
+        """Generation questions of shared prefixes: each a row extending its
+        prefix's cache row (they need a cache of their own to decode on)."""
+        queries = [q for qs in asked.values() for q in qs]
+        row_of = [r for r, qs in asked.items() for _ in qs]
+        width = mask.shape[1]
+        for chunk in _pack([width + len(q.suffix) for q in queries], self.max_batch_tokens):
             qs = [queries[k] for k in chunk]
-            parents = torch.tensor([row_of[q.prefix] for q in qs], device=self.device)
+            parents = torch.tensor([row_of[k] for k in chunk], device=self.device)
             logits, cache2, mask2 = self._extend(_select(cache, parents), mask.index_select(0, parents), [list(q.suffix) for q in qs], last_only=True)
-            self._continue(qs, list(range(len(qs))), torch.log_softmax(logits.float(), dim=-1), cache2, mask2)
-
-    def _continue(self, qs: list[_Query], rows: list[int], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """From each question's next-token log-probabilities (`first[k]`; its
-        cache row `rows[k]`, which holds the question): label paths (level 3)
-        or greedy generation. Neither changes `cache`: they extend copies."""
-        labelled = [k for k, q in enumerate(qs) if q.trie is not None]
-        if labelled:
-            self._score_labels([qs[k] for k in labelled], [rows[k] for k in labelled], first[labelled], cache, mask)
-        gen = [k for k, q in enumerate(qs) if q.trie is None]
-        if gen:
-            picked = torch.tensor([rows[k] for k in gen], device=self.device)
-            self._generate([qs[k] for k in gen], first[gen], _select(cache, picked), mask.index_select(0, picked))
-
-    def _score_labels(self, qs: list[_Query], rows: list[int], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
-        # Level 3 rows: every label path longer than one token, teacher forced.
-        level3: list[tuple[_Query, int, int]] = []  # (query, label index, parent row)
-        for k, (q, row) in enumerate(zip(qs, rows)):
-            q.step_logprobs = [first[k, path[0]].reshape(1) for path in q.trie.paths]  # type: ignore[union-attr]
-            for j, path in enumerate(q.trie.paths):  # type: ignore[union-attr]
-                if len(path) > 1:
-                    level3.append((q, j, row))
-        if not level3:
-            return
-        width = mask.shape[1]
-        for chunk in _pack([width + len(q.trie.paths[j]) for q, j, _ in level3], self.max_batch_tokens):  # type: ignore[union-attr]
-            sel = [level3[k] for k in chunk]
-            parents = torch.tensor([r for _, _, r in sel], device=self.device)
-            tokens = [list(q.trie.paths[j][:-1]) for q, j, _ in sel]  # type: ignore[union-attr]
-            logits, _, _ = self._extend(_select(cache, parents), mask.index_select(0, parents), tokens)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            for r, (q, j, _) in enumerate(sel):
-                path = q.trie.paths[j]  # type: ignore[union-attr]
-                steps = logp[r, torch.arange(len(path) - 1), torch.tensor(path[1:])]
-                q.step_logprobs[j] = torch.cat([q.step_logprobs[j], steps])
+            self._generate(qs, torch.log_softmax(logits.float(), dim=-1), cache2, mask2)
 
     def _generate(self, qs: list[_Query], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Greedy decoding, all rows in one forward pass per step; finished rows leave the batch."""

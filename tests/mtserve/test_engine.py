@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -166,10 +167,12 @@ def fast_path_requests(hotel):
 def test_fast_path_gives_the_reference_answers_alone_and_in_mixed_batches(engine, hotel):
     """Float32, to 1e-4: each request alone (its prefix asked one question: the
     fast path), all of them in one batch (lone and shared prefixes side by
-    side), and that batch under a token budget that splits every pass."""
+    side, trees of several lengths padded into one pass), and that batch
+    under token budgets that split every pass and cut each prefix's questions
+    into trees of at most 16 tokens (a question bigger than that alone)."""
     reqs = fast_path_requests(hotel)
     mixed = engine.predict(reqs)
-    small = Engine(engine.model, engine.tokenizer, hotel.truncation, max_batch_tokens=128).predict(reqs)
+    small = Engine(engine.model, engine.tokenizer, hotel.truncation, max_batch_tokens=128, max_tree_tokens=16).predict(reqs)
     for req, in_batch, chunked in zip(reqs, mixed, small):
         want = reference_answer(engine, req)
         for p in (in_batch, chunked, engine.predict([req])[0]):
@@ -225,9 +228,32 @@ def test_shared_prefix_runs_once_and_single_token_labels_need_no_third_pass(tiny
     call = conv(Channel.CALL)
     binary = [Request(t, call) for t in hotel.tasks if t.applies_to(call.kind, call.channel) and t.taxonomy.value == "binary"]
     engine.predict(binary)
-    # one prefix pass (1 row), one suffix pass (a row per task), nothing else
+    # one prefix pass, then one row holding every question as a tree: the
+    # questions' shared opening tokens once, no padding, nothing else
     assert len(counting.calls) == 2
-    assert counting.calls[0][0] == 1 and counting.calls[1][0] == len(binary)
+    assert counting.calls[0][0] == 1 and counting.calls[1][0] == 1
+    suffixes = [engine.renderer.render(r.task, call).suffix for r in binary]
+    assert counting.calls[1][1] < sum(len(s) for s in suffixes)
+
+
+def test_multi_label_questions_share_their_instruction_and_many_labels_their_words(tiny_llama, hotel):
+    """The 7 questions of a multi-label task branch at the label's name; 34
+    sentence labels that share their first words are one trie, not 34 paths."""
+    counting = CountingModel(tiny_llama.model)
+    engine = Engine(counting, tiny_llama.tokenizer, hotel.truncation)
+    review = Text("Clean room, rude staff, great location.", Channel.REVIEW)
+    task = hotel.task("rtc")
+    engine.predict([Request(task, review)])
+    questions = [engine.renderer.render(task, review, ask=label).suffix for label in task.labels]
+    common = len(os.path.commonprefix(questions))  # the instruction, up to the label's name
+    assert len(task.labels) >= 3 and common > 10
+    assert counting.calls[1][1] <= common + sum(len(q) - common for q in questions)  # each question's tail once
+    counting.calls.clear()
+    aspect = many_label_task()
+    engine.predict([Request(aspect, review)])
+    paths = engine.trie(aspect).paths
+    assert len(counting.calls) == 2 and counting.calls[1][0] == 1  # lone: level 1, then one tree of label paths
+    assert counting.calls[1][1] < sum(len(p) - 1 for p in paths)
 
 
 def test_a_bad_request_does_not_sink_the_batch(engine, hotel):
