@@ -117,6 +117,21 @@ class _Tree:
         for j, path in enumerate(q.trie.paths):  # type: ignore[union-attr]
             self.reads.append((q, j, [end] + self.add(end, path[:-1])))
 
+    def grows_by(self, q: _Query, suffix: Sequence[int]) -> int:
+        """How many nodes ask(q, suffix) would add."""
+        new: dict[tuple[int, int], int] = {}  # nodes it would add, numbered on from the tree's
+
+        def walk(parent: int, tokens: Sequence[int]) -> int:
+            for tok in tokens:
+                node = self._children.get((parent, tok))
+                parent = node if node is not None else new.setdefault((parent, tok), len(self.tokens) + len(new))
+            return parent
+
+        end = walk(-1, suffix)
+        for path in q.trie.paths:  # type: ignore[union-attr]
+            walk(end, path[:-1])
+        return len(new)
+
     def read_nodes(self) -> set[int]:
         return {node for _, _, nodes in self.reads for node in nodes}
 
@@ -142,20 +157,20 @@ class _Tree:
 
 def _plant(row: int, asked: Sequence[tuple[_Query, Sequence[int]]], max_tokens: int) -> list[_Tree]:
     """The trees of one level-1 row: its questions in order, a new tree when
-    the next question could take the current one past max_tokens (counted
-    without sharing, so a tree never exceeds it; a bigger question is a tree
-    of its own)."""
+    the next question would take the current one past max_tokens (counted
+    with sharing; a bigger question is a tree of its own)."""
     trees: list[_Tree] = []
-    size = 0
     for q, suffix in asked:
         assert q.trie is not None  # classification questions only
-        need = len(suffix) + sum(len(path) - 1 for path in q.trie.paths)
-        if not trees or (size and size + need > max_tokens):
+        if not trees or (trees[-1].tokens and len(trees[-1].tokens) + trees[-1].grows_by(q, suffix) > max_tokens):
             trees.append(_Tree(row))
-            size = 0
         trees[-1].ask(q, suffix)
-        size += need
     return trees
+
+
+# Level 2 computes a batch's padding like real tokens: trees share a batch
+# only while padding stays under this fraction of their own tokens.
+MAX_TREE_PADDING = 0.25
 
 
 class Engine:
@@ -297,12 +312,13 @@ class Engine:
     def _score_trees(self, trees: list[_Tree], first: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Level 2: every tree as one row extending its prefix's cache row, the
         trees batched within the token budget; fills each query's path log-probs."""
-        runnable = [t for t in trees if t.tokens]
+        # Longest first, so trees of like size share a batch and little padding is computed.
+        runnable = sorted((t for t in trees if t.tokens), key=lambda t: len(t.tokens), reverse=True)
         for tree in trees:
             if not tree.tokens:  # a lone question whose labels are one token each: level 1 decided
                 tree.fill(first[tree.row], None, {})
-        width = mask.shape[1]
-        for chunk in _pack([width + len(t.tokens) for t in runnable], self.max_batch_tokens):
+        sizes = [len(t.tokens) for t in runnable]
+        for chunk in _pack(sizes, self.max_batch_tokens, fixed=mask.shape[1], max_padding=MAX_TREE_PADDING):
             batch = [runnable[k] for k in chunk]
             logp, column = self._forward_trees(batch, cache, mask)
             for b, tree in enumerate(batch):
@@ -505,19 +521,27 @@ def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
     return out
 
 
-def _pack(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def _pack(lengths: Sequence[int], max_tokens: int, *, fixed: int = 0, max_padding: float | None = None) -> list[list[int]]:
     """Split row indices (kept in order) into batches whose padded size
-    rows x longest row stays within max_tokens; a row longer than the budget
-    runs alone."""
+    rows x (fixed + longest row) stays within max_tokens; a row longer than
+    the budget runs alone. With `max_padding`, a batch also closes before its
+    padding (rows x longest - the rows' own tokens) would pass that fraction
+    of its own tokens: padding is computed like any token, and on a CPU a
+    wide batch gains too little to pay for it."""
     batches: list[list[int]] = []
     current: list[int] = []
-    longest = 0
+    longest = real = 0
     for k, n in enumerate(lengths):
-        if current and max(longest, n) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
+        if current:
+            width = max(longest, n)
+            too_big = (fixed + width) * (len(current) + 1) > max_tokens
+            too_padded = max_padding is not None and width * (len(current) + 1) > (1 + max_padding) * (real + n)
+            if too_big or too_padded:
+                batches.append(current)
+                current, longest, real = [], 0, 0
         current.append(k)
         longest = max(longest, n)
+        real += n
     if current:
         batches.append(current)
     return batches

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mtserve.engine import Engine, Prediction, Request, decode_answer
+from mtserve.engine import MAX_TREE_PADDING, Engine, Prediction, Request, _pack, decode_answer
 from mtserve.errors import MtserveError, ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, Turn
 from mtserve.tasks import Channel, parse_task
@@ -215,10 +215,15 @@ class CountingModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.inner, self.calls = model, []
+        self.tree_tokens = []  # (rows, width, real tokens) of each tree pass
         self.config = model.config
 
     def forward(self, **kw):
         self.calls.append(tuple(kw["input_ids"].shape))
+        mask = kw["attention_mask"]
+        if mask.dim() == 4:
+            rows, n = kw["input_ids"].shape
+            self.tree_tokens.append((rows, n, int(mask[:, 0, :, : mask.shape[-1] - n].any(-1).sum())))
         return self.inner(**kw)
 
 
@@ -254,6 +259,34 @@ def test_multi_label_questions_share_their_instruction_and_many_labels_their_wor
     paths = engine.trie(aspect).paths
     assert len(counting.calls) == 2 and counting.calls[1][0] == 1  # lone: level 1, then one tree of label paths
     assert counting.calls[1][1] < sum(len(p) - 1 for p in paths)
+
+
+def test_every_task_of_a_conversation_is_one_tree_and_a_split_pays_no_padding(tiny_llama, hotel):
+    """All applicable tasks of a call (the multi-label one included) fit one
+    tree: one row, sized with sharing. With a small tree bound they split
+    into trees, batched only while the padding stays within its bound."""
+    counting = CountingModel(tiny_llama.model)
+    call = conv(Channel.CALL)
+    reqs = [Request(t, call) for t in hotel.tasks if t.applies_to(call.kind, call.channel) and not t.is_generation]
+    reference = Engine(tiny_llama.model, tiny_llama.tokenizer, hotel.truncation).predict(reqs)
+    Engine(counting, tiny_llama.tokenizer, hotel.truncation).predict(reqs)
+    assert len(counting.calls) == 2 and counting.calls[1][0] == 1
+    tree_tokens = counting.calls[1][1]
+    counting.calls.clear()
+    split = Engine(counting, tiny_llama.tokenizer, hotel.truncation, max_tree_tokens=tree_tokens // 3).predict(reqs)
+    assert sum(rows for rows, _, _ in counting.tree_tokens) >= 3  # split into trees
+    # a tree pass's real tokens see the prefix; its padding sees only itself
+    for rows, width, real in counting.tree_tokens:
+        assert rows * width <= (1 + MAX_TREE_PADDING) * real
+    for a, b in zip(reference, split):
+        assert a.label == b.label
+        assert all(abs(x.probability - y.probability) <= 1e-4 for x, y in zip(a.scores, b.scores))
+
+
+def test_pack_closes_a_batch_before_its_padding_passes_the_bound():
+    assert _pack([100, 90, 20], 10_000) == [[0, 1, 2]]
+    assert _pack([100, 90, 20], 10_000, max_padding=0.25) == [[0, 1], [2]]  # 3 x 100 > 1.25 x 210
+    assert _pack([100, 90], 300, fixed=60) == [[0], [1]]  # (60 + 100) x 2 > 300
 
 
 def test_a_bad_request_does_not_sink_the_batch(engine, hotel):
