@@ -25,6 +25,7 @@ HELP = {
     "generate": "A batched generate() loop parsed to labels / mtserve, with invalid outputs counted (higher is better).",
     "precision": "bf16 / float32 scoring time, with the answers' agreement (lower is better).",
     "worker": "The batch worker's rate / the bare engine's (higher is better).",
+    "trainer": "The trainer's tokens/s / a bare forward-backward loop's on the same examples (higher is better).",
 }
 
 

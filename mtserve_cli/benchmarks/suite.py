@@ -15,7 +15,7 @@ from mtserve_cli.benchmarks.workload import BenchConfig
 _WHERE = {
     "cost": ("cost", "cost"), "sharing": ("cost", "sharing"), "latency": ("latency", "latency"),
     "throughput": ("throughput", "throughput"), "memory": ("memory", "memory"), "generate": ("generate", "generate"),
-    "precision": ("precision", "precision"), "worker": ("worker", "worker"),
+    "precision": ("precision", "precision"), "worker": ("worker", "worker"), "trainer": ("trainer_step", "trainer_step"),
 }
 MEASURES = tuple(_WHERE)
 
