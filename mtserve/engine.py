@@ -359,8 +359,7 @@ class Engine:
         prefix's cache row (they need a cache of their own to decode on)."""
         queries = [q for qs in asked.values() for q in qs]
         row_of = [r for r, qs in asked.items() for _ in qs]
-        width = mask.shape[1]
-        for chunk in _pack([width + len(q.suffix) for q in queries], self.max_batch_tokens):
+        for chunk in _pack([len(q.suffix) for q in queries], self.max_batch_tokens, fixed=mask.shape[1]):
             qs = [queries[k] for k in chunk]
             parents = torch.tensor([row_of[k] for k in chunk], device=self.device)
             logits, cache2, mask2 = self._extend(_select(cache, parents), mask.index_select(0, parents), [list(q.suffix) for q in qs], last_only=True)

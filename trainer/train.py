@@ -304,12 +304,19 @@ class AnswerLoss(nn.Module):
         return (ce * batch.weights).sum(), ce.detach()
 
 
+def answer_labels(batch: MicroBatch) -> torch.Tensor:
+    """transformers' `labels` for the batch: each answer token where it
+    stands, -100 (ignored) everywhere else."""
+    labels = torch.full_like(batch.input_ids, -100)
+    labels[batch.rows, batch.cols + 1] = batch.targets
+    return labels
+
+
 def reference_answer_loss(model: Any, batch: MicroBatch) -> torch.Tensor:
     """The same loss through the model's own forward and labels = -100 outside
     the answers (tests compare the fast path with it)."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits.float()
-    labels = torch.full_like(batch.input_ids, -100)
-    labels[batch.rows, batch.cols + 1] = batch.targets
+    labels = answer_labels(batch)
     shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
     ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), reduction="none", ignore_index=-100)
     weights = torch.zeros_like(labels, dtype=torch.float32)

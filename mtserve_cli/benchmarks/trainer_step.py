@@ -26,14 +26,25 @@ from mtserve_cli.benchmarks import workload
 from mtserve_cli.benchmarks.harness import Result, alternate, ratio, summaries
 from mtserve_cli.benchmarks.workload import BenchConfig
 from trainer.data import Example
-from trainer.train import Feature, LoopSettings, StagePlan, Trainer, TrainSet, build_optimizer, collate, encode_task
+from trainer.train import (
+    AnswerLoss,
+    Feature,
+    LoopSettings,
+    StagePlan,
+    Trainer,
+    TrainSet,
+    answer_labels,
+    build_optimizer,
+    collate,
+    encode_task,
+)
 
 TRAINER, BARE = "trainer step (Trainer, one stage)", "bare loop (model(labels), backward, AdamW)"
 MAX_SEQ_LEN = 160
 LR = 3e-4
 
 
-def training_sets(cfg: BenchConfig, tokenizer: Any, n: int) -> dict[str, TrainSet]:
+def training_sets(tokenizer: Any, n: int) -> dict[str, TrainSet]:
     cat = workload.catalogue()
     renderer = PromptRenderer(tokenizer, cat.truncation)
     by_task: dict[str, list[Example]] = {}
@@ -71,9 +82,7 @@ def bare_rate(model: Any, pad_id: int, features: list[Feature], steps: int, loop
         tokens = 0
         for j in range(0, per_step, loop.micro_batch):
             batch = collate(chosen[j : j + loop.micro_batch], pad_id, per_step)
-            labels = torch.full_like(batch.input_ids, -100)
-            labels[batch.rows, batch.cols + 1] = batch.targets
-            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels, use_cache=False)
+            out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=answer_labels(batch), use_cache=False)
             (out.loss / (per_step // loop.micro_batch)).backward()
             tokens += batch.tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), loop.max_grad_norm or float("inf"))
@@ -90,7 +99,7 @@ def trainer_step(cfg: BenchConfig) -> Result:
     model, tokenizer = loaded.model, loaded.tokenizer
     steps = max(cfg.n, 3)  # at least two timed steps after the first
     loop = LoopSettings(precision="fp32", state_every=10**9)
-    sets = training_sets(cfg, tokenizer, max(cfg.n, 4) * loop.examples_per_step // 2)
+    sets = training_sets(tokenizer, max(cfg.n, 4) * loop.examples_per_step // 2)
     features = [f for s in sets.values() for item in s.items for f in item]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     figures = alternate(
@@ -112,12 +121,8 @@ def trainer_step(cfg: BenchConfig) -> Result:
 
 def _loss_check(model: Any, pad_id: int, features: list[Feature]) -> float:
     """|trainer loss - bare loss| on one example: both arms train the same objective."""
-    from trainer.train import AnswerLoss
-
     batch = collate(features[:1], pad_id, 1)
-    labels = torch.full_like(batch.input_ids, -100)
-    labels[batch.rows, batch.cols + 1] = batch.targets
     with torch.no_grad():
         ours, _ = AnswerLoss(model)(batch)
-        bare = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels, use_cache=False).loss
+        bare = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=answer_labels(batch), use_cache=False).loss
     return abs(float(ours) - float(bare))

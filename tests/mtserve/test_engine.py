@@ -167,7 +167,7 @@ def fast_path_requests(hotel):
 def test_fast_path_gives_the_reference_answers_alone_and_in_mixed_batches(engine, hotel):
     """Float32, to 1e-4: each request alone (its prefix asked one question: the
     fast path), all of them in one batch (lone and shared prefixes side by
-    side, trees of several lengths padded into one pass), and that batch
+    side, trees of several lengths), and that batch
     under token budgets that split every pass and cut each prefix's questions
     into trees of at most 16 tokens (a question bigger than that alone)."""
     reqs = fast_path_requests(hotel)
@@ -273,6 +273,7 @@ def test_every_task_of_a_conversation_is_one_tree_and_a_split_pays_no_padding(ti
     assert len(counting.calls) == 2 and counting.calls[1][0] == 1
     tree_tokens = counting.calls[1][1]
     counting.calls.clear()
+    counting.tree_tokens.clear()
     split = Engine(counting, tiny_llama.tokenizer, hotel.truncation, max_tree_tokens=tree_tokens // 3).predict(reqs)
     assert sum(rows for rows, _, _ in counting.tree_tokens) >= 3  # split into trees
     # a tree pass's real tokens see the prefix; its padding sees only itself
