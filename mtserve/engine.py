@@ -3,6 +3,7 @@
 A batch of requests (any mix of tasks and inputs) is scored in two levels:
 
     level 1  each distinct input's prefix            one forward pass, left-padded
+                                                     (inputs of like length together)
     level 2  a token tree per prefix: the questions asked of it and, under each
              question, its label paths (teacher forced), merged where they
              share tokens; one row per tree, extending the prefix's cache row
@@ -45,7 +46,7 @@ from typing import Any, TypedDict
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer
 
 from mtserve.errors import MtserveError
 from mtserve.inputs import Input, check_task_accepts, validate_input
@@ -168,9 +169,10 @@ def _plant(row: int, asked: Sequence[tuple[_Query, Sequence[int]]], max_tokens: 
     return trees
 
 
-# Level 2 computes a batch's padding like real tokens: trees share a batch
-# only while padding stays under this fraction of their own tokens.
-MAX_TREE_PADDING = 0.25
+# A pass computes its padding like real tokens: rows (level 1's prefixes,
+# level 2's trees) share a pass only while padding stays under this fraction
+# of their own tokens. On a CPU a wider pass gains too little to pay for more.
+MAX_PADDING = 0.25
 
 
 class Engine:
@@ -185,6 +187,7 @@ class Engine:
         *,
         max_batch_tokens: int = 8192,
         max_tree_tokens: int = 512,
+        max_padding: float | None = MAX_PADDING,
         name: str = "",
     ):
         self.model = model.eval()
@@ -195,6 +198,9 @@ class Engine:
         # kernel), so its cost grows with tokens x (prefix + tokens): trees are
         # kept to this many tokens, several per prefix when its questions need more.
         self.max_tree_tokens = max_tree_tokens
+        # None: rows share a pass whatever their padding (for hardware where a
+        # wide pass costs little more than a narrow one, e.g. a GPU).
+        self.max_padding = max_padding
         self.name = name
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.renderer.end_of_answer_id
         self._tries: OrderedDict[tuple[str, Task | None], LabelTrie] = OrderedDict()
@@ -286,7 +292,7 @@ class Engine:
         # Level 1 rows: a prefix asked one question is run with its suffix, as one sequence.
         rows = [(p, rendered[p].ids + (qs[0].suffix if len(qs) == 1 else ())) for p, qs in by_prefix.items()]
         rows.sort(key=lambda row: len(row[1]))
-        for group in _pack([len(ids) for _, ids in rows], self.max_batch_tokens):
+        for group in _pack([len(ids) for _, ids in rows], self.max_batch_tokens, max_padding=self.max_padding):
             prefixes = [rows[k][0] for k in group]
             last, cache, mask = self._forward_prefixes([rows[k][1] for k in group])
             trees: list[_Tree] = []
@@ -318,7 +324,7 @@ class Engine:
             if not tree.tokens:  # a lone question whose labels are one token each: level 1 decided
                 tree.fill(first[tree.row], None, {})
         sizes = [len(t.tokens) for t in runnable]
-        for chunk in _pack(sizes, self.max_batch_tokens, fixed=mask.shape[1], max_padding=MAX_TREE_PADDING):
+        for chunk in _pack(sizes, self.max_batch_tokens, fixed=mask.shape[1], max_padding=self.max_padding):
             batch = [runnable[k] for k in chunk]
             logp, column = self._forward_trees(batch, cache, mask)
             for b, tree in enumerate(batch):
@@ -348,7 +354,7 @@ class Engine:
             input_ids=ids.to(self.device),
             attention_mask=attend.to(self.device),
             position_ids=positions.to(self.device),
-            cache=_select(cache, parents),
+            cache=_rows_view(cache, parents),
             use_cache=True,
             logits_to_keep=torch.tensor(keep, device=self.device),
         )
@@ -379,8 +385,9 @@ class Engine:
                     still.append(k)
             if not still:
                 return
-            keep = torch.tensor([live.index(k) for k in still], device=self.device)
-            cache, mask = _select(cache, keep), mask.index_select(0, keep)
+            if len(still) < len(live):  # finished rows leave; a copy only then
+                keep = torch.tensor([live.index(k) for k in still], device=self.device)
+                cache, mask = _select(cache, keep), mask.index_select(0, keep)
             logits, cache, mask = self._extend(cache, mask, [[qs[k].generated[-1]] for k in still], last_only=True)
             next_tokens = logits.argmax(dim=-1).tolist()
             live = still
@@ -517,6 +524,42 @@ def _select(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
         # layer is a filled key/value layer (no linear-attention or dummy layers).
         assert isinstance(layer, CacheLayerMixin) and layer.keys is not None and layer.values is not None
         out.update(layer.keys.index_select(0, rows), layer.values.index_select(0, rows), i)
+    return out
+
+
+class _RowsView(DynamicLayer):
+    """One layer of a prefix cache seen through some of its rows (repeats
+    allowed; None: all, in order), for a pass that reads the prefix and is not
+    continued: `update` returns those rows' keys and values with the new
+    tokens' appended, and keeps nothing. A tree pass is never decoded on, so a
+    copy of the prefix cache for it (which generation needs, `_select`, as it
+    grows its cache) only raised the peak: the copy, and then the copy grown
+    by `DynamicLayer.update`'s concatenation, were two more prefix caches
+    alive at the end of the pass. Here one layer's concatenation at a time is."""
+
+    def __init__(self, source: CacheLayerMixin, rows: torch.Tensor | None):
+        super().__init__()
+        assert source.keys is not None and source.values is not None
+        self.keys, self.values = source.keys, source.values  # read, never modified
+        self.device, self.is_initialized, self.rows = source.keys.device, True, rows
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.keys, self.values
+        assert keys is not None and values is not None  # set in __init__, never cleared
+        if self.rows is not None:
+            keys, values = keys.index_select(0, self.rows), values.index_select(0, self.rows)
+        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+
+
+def _rows_view(cache: DynamicCache, rows: torch.Tensor) -> DynamicCache:
+    """A cache reading the given rows of `cache`, which a pass leaves unchanged (see _RowsView)."""
+    layers = cache.layers
+    # Plain decoders only, as in _select: every layer a filled key/value layer.
+    assert all(isinstance(layer, CacheLayerMixin) and layer.keys is not None for layer in layers)
+    batch = layers[0].keys.shape[0] if layers else -1  # type: ignore[union-attr]
+    in_order = rows.numel() == batch and torch.equal(rows, torch.arange(batch, device=rows.device))
+    out = DynamicCache()
+    out.layers = [_RowsView(layer, None if in_order else rows) for layer in layers]  # type: ignore[arg-type]
     return out
 
 

@@ -38,6 +38,13 @@ def child(arm: str, checkpoint: str, root: str, n: int, max_requests: int, threa
     cat = workload.catalogue()
     loaded = load_model_folder(checkpoint, device="cpu", dtype="float32", root=root)
     engine = Engine(loaded.model, loaded.tokenizer, cat.truncation)
+    # The weights are memory-mapped and paged in by the first pass that reads
+    # them: read them all now, so "after load" counts the whole model and the
+    # increment is the scoring's own (before 2026-12-04 it held the weights'
+    # ~490 MiB of lazy pages too).
+    with torch.inference_mode():
+        for parameter in loaded.model.parameters():
+            parameter.sum()
     after_load = _peak_rss_mib()
     inputs = workload.mixed_inputs(n)
     if arm == "all":

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mtserve.engine import MAX_TREE_PADDING, Engine, Prediction, Request, _pack, decode_answer
+from mtserve.engine import MAX_PADDING, Engine, Prediction, Request, _pack, decode_answer
 from mtserve.errors import MtserveError, ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, Turn
 from mtserve.tasks import Channel, parse_task
@@ -216,6 +216,7 @@ class CountingModel(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = model, []
         self.tree_tokens = []  # (rows, width, real tokens) of each tree pass
+        self.prefix_tokens = []  # the same of each level-1 pass
         self.config = model.config
 
     def forward(self, **kw):
@@ -224,6 +225,8 @@ class CountingModel(torch.nn.Module):
         if mask.dim() == 4:
             rows, n = kw["input_ids"].shape
             self.tree_tokens.append((rows, n, int(mask[:, 0, :, : mask.shape[-1] - n].any(-1).sum())))
+        elif kw.get("cache") is not None and kw["cache"].get_seq_length() == 0:  # a level-1 pass
+            self.prefix_tokens.append((*kw["input_ids"].shape, int(mask.sum())))
         return self.inner(**kw)
 
 
@@ -278,8 +281,25 @@ def test_every_task_of_a_conversation_is_one_tree_and_a_split_pays_no_padding(ti
     assert sum(rows for rows, _, _ in counting.tree_tokens) >= 3  # split into trees
     # a tree pass's real tokens see the prefix; its padding sees only itself
     for rows, width, real in counting.tree_tokens:
-        assert rows * width <= (1 + MAX_TREE_PADDING) * real
+        assert rows * width <= (1 + MAX_PADDING) * real
     for a, b in zip(reference, split):
+        assert a.label == b.label
+        assert all(abs(x.probability - y.probability) <= 1e-4 for x, y in zip(a.scores, b.scores))
+
+
+def test_inputs_share_a_prefix_pass_only_while_its_padding_stays_bounded(tiny_llama, hotel):
+    """Inputs of very different lengths in one call: the level-1 passes pay
+    at most MAX_PADDING of their tokens in padding, and answers do not change."""
+    counting = CountingModel(tiny_llama.model)
+    turns = ["my booking at the harbour hotel was cancelled and nobody told me why"] * 12
+    inputs = [conv(Channel.CALL, *turns[:n]) for n in (1, 2, 3, 6, 12)]
+    reqs = [Request(hotel.task("rc-a"), inp) for inp in inputs] + [Request(hotel.task("csc"), inp) for inp in inputs]
+    reference = [Engine(tiny_llama.model, tiny_llama.tokenizer, hotel.truncation).predict([r])[0] for r in reqs]
+    got = Engine(counting, tiny_llama.tokenizer, hotel.truncation).predict(reqs)
+    assert len(counting.prefix_tokens) >= 3  # 5 lengths from ~60 to ~300 tokens cannot share one pass
+    for rows, width, real in counting.prefix_tokens:
+        assert rows * width <= (1 + MAX_PADDING) * real
+    for a, b in zip(reference, got):
         assert a.label == b.label
         assert all(abs(x.probability - y.probability) <= 1e-4 for x, y in zip(a.scores, b.scores))
 

@@ -45,9 +45,10 @@ def compare(after: Engine, before: Engine, batches: list) -> tuple[int, int, flo
     return same, total, worst
 
 
-def main() -> None:
-    threads, n, repeats = (int(a) for a in sys.argv[1:4])
-    before_path = sys.argv[4] if len(sys.argv) > 4 else "/work/before/mtserve/engine.py"
+def both_engines(argv: list[str]) -> tuple[int, int, int, object, dict[str, Engine]]:
+    """THREADS N REPEATS [BEFORE_ENGINE_PY] -> those, the catalogue and both engines on one loaded model."""
+    threads, n, repeats = (int(a) for a in argv[:3])
+    before_path = argv[3] if len(argv) > 3 else "/work/before/mtserve/engine.py"
     torch.set_num_threads(threads)
     cfg = BenchConfig(settings=load_settings(), work_dir=Path("/tmp/engines-ab"), n=n, repeats=repeats)
     cat, loaded = workload.catalogue(), workload.load(cfg)
@@ -56,6 +57,11 @@ def main() -> None:
         "before": load_engine_class(before_path)(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=budget),
         "after": Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=budget),
     }
+    return threads, n, repeats, cat, engines
+
+
+def main() -> None:
+    threads, n, repeats, cat, engines = both_engines(sys.argv[1:])
     conversations = workload.conversations(n)
     arms = {"all": workload.all_tasks_requests(cat, conversations), "one": [[Request(workload.one_task(cat, c), c)] for c in conversations]}
     for engine in engines.values():
