@@ -47,7 +47,12 @@ class LocalScorer:
         # As the inference service loads it: `dtype: auto` is decided by the same measurement, so both answer alike.
         loaded = load_for_serving(path, device=settings.device, dtype=settings.dtype, root=settings.checkpoints_root)
         engine = Engine(
-            loaded.model, loaded.tokenizer, catalogue.truncation, max_batch_tokens=settings.inference.max_batch_tokens, name=loaded.id
+            loaded.model,
+            loaded.tokenizer,
+            catalogue.truncation,
+            max_batch_tokens=settings.inference.max_batch_tokens,
+            prompt_format=loaded.manifest.prompt_format,
+            name=loaded.id,
         )
         return cls(engine, catalogue, loaded.id)
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mtserve.errors import IntegrityError, NotFoundError, ValidationError
+from mtserve.prompt import PROMPT_FORMAT, check_prompt_format
 
 FORMAT = "mtserve.checkpoint/1"
 MANIFEST = "manifest.json"
@@ -77,9 +78,20 @@ class Manifest:
             raise ValidationError(f"{where}.base", "a LoRA checkpoint names its base checkpoint id and content hash", data.get("base"))
         if data.get("kind") == "tgi":
             check_tgi_base(data.get("base"), f"{where}.base")
+        training = data.get("training", {})
+        if isinstance(training, Mapping) and "prompt_format" in training:
+            check_prompt_format(training["prompt_format"], f"{where}.training.prompt_format")
         if not isinstance(data.get("files", {}), Mapping):
             raise ValidationError(f"{where}.files", "must map file names to sha256", data.get("files"))
         return cls(**dict(data))
+
+    @property
+    def prompt_format(self) -> int:
+        """The prompt format to render for this checkpoint: what its training
+        recorded (trainer/pipeline/cache.hyper); a trained checkpoint from
+        before the record is format 1; an untrained one (a base model, a
+        model on a TGI server) takes today's."""
+        return int(self.training.get("prompt_format", 1 if self.training else PROMPT_FORMAT))
 
     def task_versions(self) -> dict[str, int | None]:
         return {t["name"]: t.get("version") for t in self.tasks}

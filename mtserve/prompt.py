@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,27 @@ from mtserve.errors import ValidationError
 from mtserve.inputs import Conversation, Input, TextPair, check_task_accepts
 from mtserve.tasks import Channel, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
 
-# The version of what `render` produces for a given task and input. Run keys
-# include it, so a finished training run is never reused for prompts it was not
-# trained on: bump it with any change to the template, markers or headers.
-PROMPT_FORMAT = 1
+# The version of what `render` produces for a given task and input: bump it
+# with any change to the template, markers or headers, and say in
+# FORMAT_CHANGES which kind of task it changed. The renderer still renders
+# every format in PROMPT_FORMATS, because a trained checkpoint is served in
+# the format it was trained in (its manifest's training.prompt_format).
+PROMPT_FORMAT = 2
+PROMPT_FORMATS = (1, 2)
+# The kind of task whose prompt each format changed. 2: a multi-label question
+# asks its label last, so its 7 branches share the instruction and the
+# question and differ only in the label's name and the answer (the engine's
+# token tree for a conversation's 11 tasks: 416 tokens instead of 481).
+FORMAT_CHANGES: dict[int, Taxonomy] = {2: Taxonomy.MULTILABEL}
+
+
+def prompt_format_for(tasks: Iterable[Task]) -> int:
+    """The oldest format that renders these tasks as PROMPT_FORMAT does. Run
+    keys and trained checkpoints record this, so a finished run is never
+    reused for prompts it was not trained on, and a change to one kind of
+    task's prompt does not retire the finished runs of the others."""
+    kinds = {task.taxonomy for task in tasks}
+    return max([1] + [version for version, kind in FORMAT_CHANGES.items() if kind in kinds and version <= PROMPT_FORMAT])
 
 SYSTEM_PROMPT = (
     "You are a customer-service analytics assistant. Read the input, then answer "
@@ -108,7 +125,11 @@ class PromptRenderer:
     """Renders (task, input) for one tokenizer. Build one per tokenizer and
     keep it: suffixes and label paths are cached per task version."""
 
-    def __init__(self, tokenizer: Any, policy: TruncationPolicy | None = None, system_prompt: str = SYSTEM_PROMPT):
+    def __init__(
+        self, tokenizer: Any, policy: TruncationPolicy | None = None, system_prompt: str = SYSTEM_PROMPT, *, prompt_format: int = PROMPT_FORMAT
+    ):
+        check_prompt_format(prompt_format)
+        self.prompt_format = prompt_format
         self.tokenizer = tokenizer
         self.policy = policy or TruncationPolicy()
         self.system_prompt = system_prompt
@@ -277,7 +298,10 @@ class PromptRenderer:
         if task.taxonomy is Taxonomy.MULTILABEL:
             if ask is None:
                 raise ValidationError("ask", f"multi-label task {task.name!r} is rendered one label at a time", None, show_value=False)
-            text += f"\nCategory: {ask.verbalizer}\nDoes this category apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}."
+            if self.prompt_format == 1:
+                text += f"\nCategory: {ask.verbalizer}\nDoes this category apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}."
+            else:  # the label last: the questions share everything before it
+                text += f"\nDoes the category below apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}.\nCategory: {ask.verbalizer}"
         return text
 
     def _suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
@@ -336,6 +360,11 @@ class PromptRenderer:
         if not isinstance(gold, str):
             raise ValidationError("label", f"task {task.name!r} takes one label", gold)
         return [self.render(task, inp, answer=task.label(gold).verbalizer, rendered_input=rin)]
+
+
+def check_prompt_format(value: Any, where: str = "prompt_format") -> None:
+    if isinstance(value, bool) or value not in PROMPT_FORMATS:
+        raise ValidationError(where, f"must be one of {', '.join(map(str, PROMPT_FORMATS))}, the prompt formats this mtserve renders", value)
 
 
 def _one_line(text: str) -> str:

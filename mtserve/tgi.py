@@ -582,7 +582,7 @@ class TgiEngine:
         self.loaded = loaded
         self.server = loaded.server
         self.tokenizer = loaded.tokenizer
-        self.renderer = PromptRenderer(loaded.tokenizer, policy)
+        self.renderer = PromptRenderer(loaded.tokenizer, policy, prompt_format=loaded.manifest.prompt_format)
         self.mode = loaded.mode
         self.name = name or loaded.id
         self.settings = settings or TgiSettings()

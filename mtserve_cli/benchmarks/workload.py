@@ -67,7 +67,9 @@ def load(cfg: BenchConfig, dtype: str = "float32") -> Any:
 
 def engine(loaded: Any, cfg: BenchConfig, cat: Catalogue | None = None) -> Engine:
     cat = cat or catalogue()
-    return Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=cfg.settings.inference.max_batch_tokens, name=loaded.id)
+    return Engine(
+        loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=cfg.settings.inference.max_batch_tokens, prompt_format=loaded.manifest.prompt_format, name=loaded.id
+    )
 
 
 def conversations(n: int, seed: int = SEED) -> list[Input]:

@@ -220,7 +220,9 @@ class InferenceCore:
             from mtserve.tgi import TgiEngine
 
             return TgiEngine(loaded, policy, name=checkpoint_id, settings=self.tgi)
-        return Engine(loaded.model, loaded.tokenizer, policy, max_batch_tokens=self.batch_options["max_batch_tokens"], name=checkpoint_id)
+        return Engine(
+            loaded.model, loaded.tokenizer, policy, max_batch_tokens=self.batch_options["max_batch_tokens"], prompt_format=loaded.manifest.prompt_format, name=checkpoint_id
+        )
 
     # -- applying registry state -------------------------------------------------------------
     def apply(self, state: RegistryState, source: str = "registry") -> Serving:

@@ -73,6 +73,22 @@ def test_bad_manifest_fields(tmp_path):
         read_manifest(folder)
 
 
+def test_a_checkpoint_is_rendered_in_the_prompt_format_it_was_trained_in(tmp_path):
+    from mtserve.prompt import PROMPT_FORMAT
+
+    assert read_manifest(make(tmp_path, "base")).prompt_format == PROMPT_FORMAT  # untrained: today's
+    folder = make(tmp_path)
+    data = json.loads((folder / "manifest.json").read_text())
+    for training, expected in (({"method": "single_task"}, 1), ({"prompt_format": 1}, 1), ({"prompt_format": 2}, 2)):
+        data["training"] = training  # a trained checkpoint without the record predates it: format 1
+        (folder / "manifest.json").write_text(json.dumps(data))
+        assert read_manifest(folder).prompt_format == expected
+    data["training"] = {"prompt_format": 9}  # from a newer mtserve
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError, match=r"training\.prompt_format: must be one of 1, 2"):
+        read_manifest(folder)
+
+
 def test_staging_dir_is_atomic_and_immutable(tmp_path):
     final = tmp_path / "root" / "ck"
     with pytest.raises(RuntimeError), staging_dir(final) as tmp:

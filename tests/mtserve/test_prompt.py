@@ -4,6 +4,7 @@ customer text that cannot fake special tokens, shared prefixes, truncation."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from mtserve.errors import NotFoundError, ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, TextPair, Turn
-from mtserve.prompt import TRUNCATION_MARKER, PromptRenderer
+from mtserve.prompt import PROMPT_FORMAT, TRUNCATION_MARKER, PromptRenderer, prompt_format_for
 from mtserve.tasks import Channel, TruncationPolicy, parse_task
 
 ALPHABET = st.sampled_from(
@@ -163,6 +164,41 @@ def test_multilabel_training_examples_ask_each_label(renderers, hotel):
     assert len({s.prefix for s in segs}) == 1
     with pytest.raises(NotFoundError, match="no label 'spa'"):
         renderer.render_training(task, review, ["spa"])
+
+
+def test_a_multi_label_question_asks_its_label_last_and_format_1_still_renders(renderers, hotel):
+    """Format 2 puts the label after the shared question, so the 7 questions
+    differ only from the label's name on; a checkpoint trained in format 1
+    is still rendered as it was trained."""
+    review = Text("Great breakfast but noisy street.", Channel.REVIEW)
+    task = hotel.task("rtc")
+    old = PromptRenderer(renderers["smollm2"].tokenizer, hotel.truncation, prompt_format=1)
+    for renderer, fmt in ((renderers["smollm2"], PROMPT_FORMAT), (old, 1)):
+        suffixes = [renderer.render(task, review, ask=label).suffix for label in task.labels]
+        texts = [renderer.instruction_text(task, label) for label in task.labels]
+        shared = len(os.path.commonprefix(suffixes))
+        tails = [len(s) - shared for s in suffixes]
+        if fmt == 1:
+            assert all(t.split("\n")[-2] == f"Category: {label.verbalizer}" for t, label in zip(texts, task.labels))
+            old_tails = tails
+        else:
+            assert all(t.endswith(f"\nCategory: {label.verbalizer}") for t, label in zip(texts, task.labels))
+            new_tails = tails
+    assert sum(new_tails) < sum(old_tails) - 5 * len(task.labels)  # the question is no longer repeated per label
+    other = hotel.task("rc-a")  # a task of another kind renders the same in both formats
+    assert old.render(other, conversation(["hi"])).suffix == renderers["smollm2"].render(other, conversation(["hi"])).suffix
+
+
+def test_the_recorded_format_is_the_oldest_that_renders_the_tasks_alike(hotel):
+    multi = [t for t in hotel.tasks if t.taxonomy.value == "multilabel"]
+    others = [t for t in hotel.tasks if t.taxonomy.value != "multilabel"]
+    assert prompt_format_for(others) == 1 and prompt_format_for(others + multi[:1]) == PROMPT_FORMAT == 2
+
+
+@pytest.mark.parametrize("value", [0, 3, "2", True, None])
+def test_an_unknown_prompt_format_is_refused_naming_it(smollm2_tok, hotel, value):
+    with pytest.raises(ValidationError, match="prompt_format: must be one of 1, 2"):
+        PromptRenderer(smollm2_tok, hotel.truncation, prompt_format=value)
 
 
 def test_marker_format():

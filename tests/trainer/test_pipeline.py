@@ -447,8 +447,9 @@ def test_settings_that_change_a_baseline_change_its_key(tmp_path, tiny_llama_dir
 def test_the_prompt_format_and_dev_selection_are_in_the_key(tmp_path, tiny_llama_dir, monkeypatch):
     spec = st_job(tmp_path, tiny_llama_dir)
     ref, payload = opened_run(spec, monkeypatch)
-    assert payload["prompt_format"] == cache.PROMPT_FORMAT and payload["eval"]["dev_selection"] == cache.DEV_SELECTION
-    monkeypatch.setattr(cache, "PROMPT_FORMAT", cache.PROMPT_FORMAT + 1)
+    # no multi-label task: format 2 (a multi-label question's label last) renders it as format 1 did
+    assert payload["prompt_format"] == 1 and payload["eval"]["dev_selection"] == cache.DEV_SELECTION
+    monkeypatch.setattr(cache, "prompt_format_for", lambda tasks: 3)
     prompt, _ = opened_run(spec, monkeypatch)
     monkeypatch.undo()
     monkeypatch.setattr(cache, "DEV_SELECTION", "stratified-hash-v2")

@@ -19,7 +19,7 @@ import torch
 
 from mtserve.errors import PreconditionError
 from mtserve.precision import probe_description
-from mtserve.prompt import PROMPT_FORMAT
+from mtserve.prompt import prompt_format_for
 from trainer import checkpoint as ck
 from trainer.data import DEV_SELECTION
 from trainer.pipeline.context import Context
@@ -45,7 +45,7 @@ def hyper(ctx: Context) -> dict[str, Any]:
     t["lr"] = ctx.lr
     return {"training": t, "max_seq_len": spec.max_seq_len, "seed": spec.seed, "finetune": spec.finetune,
             "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None,
-            "prompt_format": PROMPT_FORMAT, "eval_dtype": ctx.eval_dtype}
+            "prompt_format": prompt_format_for(ctx.tasks), "eval_dtype": ctx.eval_dtype}
 
 
 def world_key(ctx: Context) -> int | dict[str, Any]:

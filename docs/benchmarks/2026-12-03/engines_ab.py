@@ -60,13 +60,9 @@ def both_engines(argv: list[str]) -> tuple[int, int, int, object, dict[str, Engi
     return threads, n, repeats, cat, engines
 
 
-def main() -> None:
-    threads, n, repeats, cat, engines = both_engines(sys.argv[1:])
-    conversations = workload.conversations(n)
-    arms = {"all": workload.all_tasks_requests(cat, conversations), "one": [[Request(workload.one_task(cat, c), c)] for c in conversations]}
-    for engine in engines.values():
-        engine.predict(arms["all"][0])  # warm-up
-    same, total, worst = compare(engines["after"], engines["before"], arms["all"])
+def alternate(engines: dict[str, Engine], arms: dict[str, list], repeats: int, *, per_batch: bool = True) -> dict[str, list[float]]:
+    """Seconds of every engine on every arm (a list of predict batches), engine
+    by engine and arm by arm within each repeat; per batch, or the arm's total."""
     times: dict[str, list[float]] = {f"{e} {a}": [] for e in engines for a in arms}
     for _ in range(repeats):
         for name, engine in engines.items():
@@ -74,7 +70,18 @@ def main() -> None:
                 start = time.perf_counter()
                 for batch in batches:
                     engine.predict(batch)
-                times[f"{name} {arm}"].append((time.perf_counter() - start) / len(batches))
+                times[f"{name} {arm}"].append((time.perf_counter() - start) / (len(batches) if per_batch else 1))
+    return times
+
+
+def main() -> None:
+    threads, n, repeats, cat, engines = both_engines(sys.argv[1:])
+    conversations = workload.conversations(n)
+    arms = {"all": workload.all_tasks_requests(cat, conversations), "one": [[Request(workload.one_task(cat, c), c)] for c in conversations]}
+    for engine in engines.values():
+        engine.predict(arms["all"][0])  # warm-up
+    same, total, worst = compare(engines["after"], engines["before"], arms["all"])
+    times = alternate(engines, arms, repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "threads": threads, "conversations": n, "repeats": repeats,

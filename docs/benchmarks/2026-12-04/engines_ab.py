@@ -18,33 +18,23 @@ Prints a JSON record. Usage:
     .venv/bin/python docs/benchmarks/2026-12-04/engines_ab.py THREADS N REPEATS [BEFORE_ENGINE_PY]
 """
 
-import importlib.util
 import json
 import os
+import runpy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from mtserve.engine import Request
 from mtserve_cli.benchmarks import workload
 
-
-def _earlier_script() -> object:
-    """The 2026-12-03 A/B script: its engine loader and answer comparison are reused as they are."""
-    spec = importlib.util.spec_from_file_location("engines_ab_2026_12_03", Path(__file__).parents[1] / "2026-12-03" / "engines_ab.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_earlier = _earlier_script()
-compare = _earlier.compare  # type: ignore[attr-defined]
+# The 2026-12-03 A/B script: its helpers are reused as they are.
+_earlier = runpy.run_path(str(Path(__file__).parents[1] / "2026-12-03" / "engines_ab.py"))
+compare = _earlier["compare"]
 
 
 def main() -> None:
-    threads, n, repeats, cat, engines = _earlier.both_engines(sys.argv[1:])  # type: ignore[attr-defined]
+    threads, n, repeats, cat, engines = _earlier["both_engines"](sys.argv[1:])
     conversations = workload.conversations(8)
     mixed = workload.mixed_inputs(n)
     arms = {
@@ -54,14 +44,7 @@ def main() -> None:
     for engine in engines.values():
         engine.predict(arms["batch of 8"][0])  # warm-up
     answers = {arm: compare(engines["after"], engines["before"], batches) for arm, batches in arms.items()}
-    times: dict[str, list[float]] = {f"{e} {a}": [] for e in engines for a in arms}
-    for _ in range(repeats):
-        for name, engine in engines.items():
-            for arm, batches in arms.items():
-                start = time.perf_counter()
-                for batch in batches:
-                    engine.predict(batch)
-                times[f"{name} {arm}"].append(time.perf_counter() - start)
+    times = _earlier["alternate"](engines, arms, repeats, per_batch=False)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(json.dumps({
         "threads": threads, "inputs": len(mixed), "repeats": repeats,
