@@ -40,7 +40,7 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> SingleTaskRun:
     payload = {
         "kind": "single_task", "task": task.to_dict(), "data": ctx.data_identity(task.name), "base": ck.base_identity(base_dir),
         "max_train_examples": ctx.spec.max_train_examples, "stages": [p.to_dict() for p in plan], "eval": cache.eval_key(ctx),
-        "world": cache.world_key(ctx), **cache.hyper(ctx),
+        "world": cache.world_key(ctx), **cache.hyper(ctx, [task]),
     }
     run = cache.open_run(ctx, "st", task.name, payload)
     if run.action == "cached":
@@ -96,7 +96,7 @@ def _finish(
     training = {
         "method": "single_task", "run_id": run.run_id, "run_key": run.key, "stages": [s.to_dict() for s in progress.stages],
         "history": [h.to_dict() for h in history], "saturation": sat.to_dict(), "steps": progress.steps, "tokens": progress.tokens,
-        "seconds": progress.seconds, "notes": notes, "data": {task.name: cache.data_record(ctx, task.name, data)}, **cache.hyper(ctx),
+        "seconds": progress.seconds, "notes": notes, "data": {task.name: cache.data_record(ctx, task.name, data)}, **cache.hyper(ctx, [task]),
         "precision": precision.to_dict(), "versions": cache.versions(),
     }
     if zero_shot:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 from mtserve.errors import PreconditionError
 from mtserve.precision import probe_description
 from mtserve.prompt import prompt_format_for
+from mtserve.tasks import Task
 from trainer import checkpoint as ck
 from trainer.data import DEV_SELECTION
 from trainer.pipeline.context import Context
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 # -- what goes into keys --------------------------------------------------------------------
 
 
-def hyper(ctx: Context) -> dict[str, Any]:
+def hyper(ctx: Context, tasks: Sequence[Task]) -> dict[str, Any]:
     """The settings that change what training produces, resolved: the precision
-    `auto` chose, the prompt format, the dtype evaluation scores in (not logging
-    cadence, not output paths)."""
+    `auto` chose, the prompt format of the run's own tasks (a baseline's one,
+    a mixture's all; none for stage 0, which renders no prompt), the dtype
+    evaluation scores in (not logging cadence, not output paths)."""
     spec = ctx.spec
     t = spec.training.model_dump(mode="json")
     t.pop("state_every_steps")
@@ -45,7 +47,7 @@ def hyper(ctx: Context) -> dict[str, Any]:
     t["lr"] = ctx.lr
     return {"training": t, "max_seq_len": spec.max_seq_len, "seed": spec.seed, "finetune": spec.finetune,
             "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None,
-            "prompt_format": prompt_format_for(ctx.tasks), "eval_dtype": ctx.eval_dtype}
+            "prompt_format": prompt_format_for(tasks), "eval_dtype": ctx.eval_dtype}
 
 
 def world_key(ctx: Context) -> int | dict[str, Any]:

@@ -58,7 +58,7 @@ def run_multi_task(
         "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": ck.base_identity(base_dir),
         "stages": [p.to_dict() for p in stages], "max_train_examples": spec.max_train_examples,
         "eval": cache.eval_key(ctx, multitask_every_steps=spec.eval.multitask_every_steps),
-        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": cache.world_key(ctx), **cache.hyper(ctx),
+        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": cache.world_key(ctx), **cache.hyper(ctx, tasks),
     }
     run = cache.open_run(ctx, "mt", f"{spec.name}-{group}", payload)
     if run.action == "cached":
@@ -109,7 +109,7 @@ def _finish(
         "method": spec.method, "group": group, "job": spec.name, "run_id": run.run_id, "run_key": run.key,
         "stages": [s.to_dict() for s in progress.stages], "high_resource": sorted(high), "mixture": spec.mixture.model_dump(mode="json"),
         "notes": notes, "steps": progress.steps, "tokens": progress.tokens, "seconds": progress.seconds,
-        "data": {t.name: cache.data_record(ctx, t.name, data) for t in tasks}, **cache.hyper(ctx), "precision": precision.to_dict(),
+        "data": {t.name: cache.data_record(ctx, t.name, data) for t in tasks}, **cache.hyper(ctx, tasks), "precision": precision.to_dict(),
         "versions": cache.versions(),
         "history": [{"stage": h.stage, "step": h.step, "summary": None if h.summary is None else h.summary.to_dict()} for h in progress.history],
     }
