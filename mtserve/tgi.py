@@ -76,7 +76,16 @@ from huggingface_hub.utils import get_session
 from huggingface_hub.utils._http import hf_request_event_hook
 
 from mtserve.auth import read_token_file
-from mtserve.checkpoints import Manifest, check_tgi_base, checkpoint_dir, read_manifest, staging_dir, verify_checkpoint, write_manifest
+from mtserve.checkpoints import (
+    MANIFEST,
+    Manifest,
+    check_tgi_base,
+    checkpoint_dir,
+    read_manifest,
+    staging_dir,
+    verify_checkpoint,
+    write_manifest,
+)
 from mtserve.config import TgiSettings, is_loopback
 from mtserve.engine import assemble_prediction, decode_answer, label_verbalizers
 from mtserve.errors import (
@@ -90,7 +99,7 @@ from mtserve.errors import (
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
 from mtserve.predictions import Prediction, Request
-from mtserve.prompt import PromptRenderer, RenderedInput, Segments
+from mtserve.prompt import PROMPT_FORMAT, PromptRenderer, RenderedInput, Segments
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
 log = logging.getLogger(__name__)
@@ -533,10 +542,16 @@ def make_tgi_checkpoint(
         raise ValidationError("tokenizer", f"cannot load the tokenizer ({first_line})", str(source)) from None
     PromptRenderer(tokenizer)  # the refusals the service would give, now: no usable chat template,
     _leading_specials(tokenizer)  # special tokens TGI would add that the renderer cannot match
+    # The model on the server is asked in the format it was trained in: a
+    # trained mtserve checkpoint's, carried over; a plain model folder's, today's.
+    prompt_format = read_manifest(source).prompt_format if (source / MANIFEST).is_file() else PROMPT_FORMAT
     final = checkpoint_dir(checkpoints_root, checkpoint_id)
     with staging_dir(final) as tmp:
         tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, id=checkpoint_id, kind="tgi", base=base, description=description or f"{model_id} served by TGI at {endpoint} ({mode} mode)")
+        write_manifest(
+            tmp, id=checkpoint_id, kind="tgi", base=base, training={"prompt_format": prompt_format},
+            description=description or f"{model_id} served by TGI at {endpoint} ({mode} mode)",
+        )
     return final
 
 

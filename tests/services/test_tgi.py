@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mtserve.checkpoints import manifest_sha256, write_manifest
+from mtserve.checkpoints import manifest_sha256, read_manifest, write_manifest
 from mtserve.config import TgiSettings, load_settings
 from mtserve.engine import Engine
 from mtserve.errors import OverloadedError, PreconditionError, UnavailableError, ValidationError
@@ -419,6 +419,22 @@ def test_a_route_to_a_tgi_checkpoint_answers_over_grpc_and_mtserve_classify_serv
 
 
 # -- settings --------------------------------------------------------------------------------
+def test_a_tgi_checkpoint_keeps_the_prompt_format_its_model_was_trained_in(tiny_llama, tmp_path):
+    """A trained checkpoint served by TGI is asked as it was trained; a plain model folder in today's format."""
+    from mtserve.prompt import PROMPT_FORMAT
+
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_llama.path, trained)
+    write_manifest(trained, id="trained", training={"prompt_format": 1})
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    tiny_llama.tokenizer.save_pretrained(plain)
+    for folder, expected in ((trained, 1), (plain, PROMPT_FORMAT)):
+        made = make_tgi_checkpoint(tmp_path / "checkpoints", f"on-tgi-{folder.name}", endpoint="http://127.0.0.1:9", model_id=MODEL_ID,
+                                   mode="prefill", tokenizer_folder=folder)
+        assert read_manifest(made).prompt_format == expected
+
+
 def test_tgi_settings_come_from_the_one_config_and_refuse_unknown_keys():
     s = load_settings(env={"MTSERVE_INFERENCE__TGI__MAX_TOP_N_TOKENS": "12", "MTSERVE_INFERENCE__TGI__TOKEN_FILE": "/run/secrets/tgi"})
     assert s.inference.tgi.max_top_n_tokens == 12 and s.inference.tgi.token_file == "/run/secrets/tgi" and s.inference.tgi.retries == 2
