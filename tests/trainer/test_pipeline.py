@@ -457,6 +457,11 @@ def test_the_prompt_format_and_dev_selection_are_in_the_key(tmp_path, tiny_llama
     monkeypatch.undo()
     assert len({ref, prompt, selection}) == 3
     assert opened_run(spec, monkeypatch)[0] == ref  # and back again
+    # a multi-label task in the job changes the format of its own runs only
+    with_multi_label = st_job(tmp_path, tiny_llama_dir, tasks=["sentiment", "aspects"])
+    write_toy_data(tmp_path, tasks=("aspects",), train=16, dev=6)
+    beside, payload = opened_run(with_multi_label, monkeypatch)
+    assert beside == ref and payload["task"]["name"] == "sentiment" and payload["prompt_format"] == 1
 
 
 def test_the_key_holds_the_precision_auto_resolved_to(tmp_path, tiny_llama_dir, monkeypatch):
