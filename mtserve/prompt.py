@@ -59,7 +59,7 @@ def prompt_format_for(tasks: Iterable[Task]) -> int:
     reused for prompts it was not trained on, and a change to one kind of
     task's prompt does not retire the finished runs of the others."""
     kinds = {task.taxonomy for task in tasks}
-    return max([1] + [version for version, kind in FORMAT_CHANGES.items() if kind in kinds and version <= PROMPT_FORMAT])
+    return max([1] + [version for version, kind in FORMAT_CHANGES.items() if kind in kinds])
 
 SYSTEM_PROMPT = (
     "You are a customer-service analytics assistant. Read the input, then answer "
