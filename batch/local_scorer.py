@@ -51,7 +51,7 @@ class LocalScorer:
             loaded.tokenizer,
             catalogue.truncation,
             max_batch_tokens=settings.inference.max_batch_tokens,
-            prompt_format=loaded.manifest.prompt_format,
+            style=loaded.manifest.prompt_style,
             name=loaded.id,
         )
         return cls(engine, catalogue, loaded.id)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mtserve.errors import IntegrityError, NotFoundError, ValidationError
-from mtserve.prompt import PROMPT_FORMAT, check_prompt_format
+from mtserve.prompt import PROMPT_FORMAT, PromptStyle, check_prompt_format, check_suffixes
 
 FORMAT = "mtserve.checkpoint/1"
 MANIFEST = "manifest.json"
@@ -81,17 +81,21 @@ class Manifest:
         training = data.get("training", {})
         if isinstance(training, Mapping) and "prompt_format" in training:
             check_prompt_format(training["prompt_format"], f"{where}.training.prompt_format")
+        if isinstance(training, Mapping) and "suffixes" in training:
+            check_suffixes(training["suffixes"], f"{where}.training.suffixes")
         if not isinstance(data.get("files", {}), Mapping):
             raise ValidationError(f"{where}.files", "must map file names to sha256", data.get("files"))
         return cls(**dict(data))
 
     @property
-    def prompt_format(self) -> int:
-        """The prompt format to render for this checkpoint: what its training
-        recorded (trainer/pipeline/cache.hyper); a trained checkpoint from
+    def prompt_style(self) -> PromptStyle:
+        """How to render prompts for this checkpoint: what its training
+        recorded (trainer/pipeline/cache.hyper). A trained checkpoint from
         before the record is format 1; an untrained one (a base model, a
-        model on a TGI server) takes today's."""
-        return int(self.training.get("prompt_format", 1 if self.training else PROMPT_FORMAT))
+        model on a TGI server) takes today's; suffixes are natural unless
+        training recorded compact."""
+        fmt = int(self.training.get("prompt_format", 1 if self.training else PROMPT_FORMAT))
+        return PromptStyle(fmt, self.training.get("suffixes", "natural"))
 
     def task_versions(self) -> dict[str, int | None]:
         return {t["name"]: t.get("version") for t in self.tasks}

@@ -52,7 +52,7 @@ from mtserve.errors import MtserveError
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
 from mtserve.predictions import LabelScore, Prediction, Request
-from mtserve.prompt import MULTILABEL_NO, MULTILABEL_YES, PROMPT_FORMAT, PromptRenderer, RenderedInput
+from mtserve.prompt import DEFAULT_STYLE, MULTILABEL_NO, MULTILABEL_YES, PromptRenderer, PromptStyle, RenderedInput
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
 __all__ = ["Engine", "LabelScore", "Prediction", "Request", "assemble_prediction", "decode_answer", "label_distribution", "label_verbalizers"]
@@ -188,13 +188,13 @@ class Engine:
         max_batch_tokens: int = 8192,
         max_tree_tokens: int = 512,
         max_padding: float | None = MAX_PADDING,
-        prompt_format: int = PROMPT_FORMAT,
+        style: PromptStyle = DEFAULT_STYLE,
         name: str = "",
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        # A trained checkpoint's own format (its manifest's prompt_format): what it learned to answer.
-        self.renderer = PromptRenderer(tokenizer, policy, prompt_format=prompt_format)
+        # A trained checkpoint's own prompt style (its manifest's prompt_style): what it learned to answer.
+        self.renderer = PromptRenderer(tokenizer, policy, style=style)
         self.max_batch_tokens = max_batch_tokens
         # A tree's attention is dense over its row (a mask, not a sparse
         # kernel), so its cost grows with tokens x (prefix + tokens): trees are

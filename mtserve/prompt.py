@@ -53,6 +53,16 @@ PROMPT_FORMATS = (1, 2)
 FORMAT_CHANGES: dict[int, Taxonomy] = {2: Taxonomy.MULTILABEL}
 
 
+# A trained checkpoint may be asked with a short task marker ("Task: NAME")
+# instead of the natural-language instruction: a multi-task model learns the
+# marker in fine-tuning, and every task's question costs a few tokens instead
+# of 28-49. Opt-in (a job's mixture.suffixes), for multi-task runs only: the
+# untrained model and zero-shot scoring need the instruction, and single-task
+# baselines are the reference a compact mixture is measured against.
+SUFFIXES = ("natural", "compact")
+COMPACT_MARKER = "Task: {name}"
+
+
 def prompt_format_for(tasks: Iterable[Task]) -> int:
     """The oldest format that renders these tasks as PROMPT_FORMAT does. Run
     keys and trained checkpoints record this, so a finished run is never
@@ -60,6 +70,37 @@ def prompt_format_for(tasks: Iterable[Task]) -> int:
     task's prompt does not retire the finished runs of the others."""
     kinds = {task.taxonomy for task in tasks}
     return max([1] + [version for version, kind in FORMAT_CHANGES.items() if kind in kinds])
+
+
+def check_prompt_format(value: Any, where: str = "prompt_format") -> None:
+    if isinstance(value, bool) or value not in PROMPT_FORMATS:
+        raise ValidationError(where, f"must be one of {', '.join(map(str, PROMPT_FORMATS))}, the prompt formats this mtserve renders", value)
+
+
+def check_suffixes(value: Any, where: str = "suffixes") -> None:
+    if value not in SUFFIXES:
+        raise ValidationError(where, f"must be one of {', '.join(SUFFIXES)}", value)
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How a checkpoint's prompts are rendered: what it was trained on (its
+    manifest's training.prompt_format and training.suffixes)."""
+
+    format: int = PROMPT_FORMAT
+    suffixes: str = "natural"
+
+    def __post_init__(self) -> None:
+        check_prompt_format(self.format)
+        check_suffixes(self.suffixes)
+
+    @property
+    def compact(self) -> bool:
+        return self.suffixes == "compact"
+
+
+DEFAULT_STYLE = PromptStyle()  # an untrained model's: today's format, natural instructions
+
 
 SYSTEM_PROMPT = (
     "You are a customer-service analytics assistant. Read the input, then answer "
@@ -126,10 +167,9 @@ class PromptRenderer:
     keep it: suffixes and label paths are cached per task version."""
 
     def __init__(
-        self, tokenizer: Any, policy: TruncationPolicy | None = None, system_prompt: str = SYSTEM_PROMPT, *, prompt_format: int = PROMPT_FORMAT
+        self, tokenizer: Any, policy: TruncationPolicy | None = None, system_prompt: str = SYSTEM_PROMPT, *, style: PromptStyle = DEFAULT_STYLE
     ):
-        check_prompt_format(prompt_format)
-        self.prompt_format = prompt_format
+        self.style = style
         self.tokenizer = tokenizer
         self.policy = policy or TruncationPolicy()
         self.system_prompt = system_prompt
@@ -294,11 +334,15 @@ class PromptRenderer:
         return _cut_chars("\n".join(lines), budget.max_tokens, count, keep="start", marker=TEXT_TRUNCATION_MARKER)
 
     def instruction_text(self, task: Task, ask: Label | None = None) -> str:
+        multilabel = task.taxonomy is Taxonomy.MULTILABEL
+        if multilabel and ask is None:
+            raise ValidationError("ask", f"multi-label task {task.name!r} is rendered one label at a time", None, show_value=False)
+        if self.style.compact:
+            marker = COMPACT_MARKER.format(name=task.name)
+            return marker + (f"\nCategory: {ask.verbalizer}" if multilabel and ask is not None else "")
         text = task.instruction.format(labels=", ".join(label.verbalizer for label in task.labels)).strip()
-        if task.taxonomy is Taxonomy.MULTILABEL:
-            if ask is None:
-                raise ValidationError("ask", f"multi-label task {task.name!r} is rendered one label at a time", None, show_value=False)
-            if self.prompt_format == 1:
+        if multilabel and ask is not None:
+            if self.style.format == 1:
                 text += f"\nCategory: {ask.verbalizer}\nDoes this category apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}."
             else:  # the label last: the questions share everything before it
                 text += f"\nDoes the category below apply? Answer {MULTILABEL_YES} or {MULTILABEL_NO}.\nCategory: {ask.verbalizer}"
@@ -360,11 +404,6 @@ class PromptRenderer:
         if not isinstance(gold, str):
             raise ValidationError("label", f"task {task.name!r} takes one label", gold)
         return [self.render(task, inp, answer=task.label(gold).verbalizer, rendered_input=rin)]
-
-
-def check_prompt_format(value: Any, where: str = "prompt_format") -> None:
-    if isinstance(value, bool) or value not in PROMPT_FORMATS:
-        raise ValidationError(where, f"must be one of {', '.join(map(str, PROMPT_FORMATS))}, the prompt formats this mtserve renders", value)
 
 
 def _one_line(text: str) -> str:

@@ -108,10 +108,10 @@ def _compare_bf16(loaded: LoadedModel) -> tuple[Any | None, str]:
     """Score the evaluation set in float32 and with a bfloat16 copy; returns
     (the bf16 model when it matches, else None; what was measured)."""
     requests, policy = evaluation_requests(), evaluation_catalogue().truncation
-    fmt = loaded.manifest.prompt_format
-    reference = Engine(loaded.model, loaded.tokenizer, policy, prompt_format=fmt).predict(requests)
+    style = loaded.manifest.prompt_style
+    reference = Engine(loaded.model, loaded.tokenizer, policy, style=style).predict(requests)
     bf16 = copy.deepcopy(loaded.model).to(torch.bfloat16)
-    candidate = Engine(bf16, loaded.tokenizer, policy, prompt_format=fmt).predict(requests)
+    candidate = Engine(bf16, loaded.tokenizer, policy, style=style).predict(requests)
     ok, measured = bf16_answers_match(reference, candidate)
     log.info("checkpoint %s: bfloat16 vs float32 on the evaluation set: %s", loaded.id, measured)
     return (bf16 if ok else None), measured

@@ -99,7 +99,7 @@ from mtserve.errors import (
 from mtserve.inputs import Input, check_task_accepts, validate_input
 from mtserve.labels import LabelTrie
 from mtserve.predictions import Prediction, Request
-from mtserve.prompt import PROMPT_FORMAT, PromptRenderer, RenderedInput, Segments
+from mtserve.prompt import DEFAULT_STYLE, PromptRenderer, RenderedInput, Segments
 from mtserve.tasks import Label, Task, Taxonomy, TruncationPolicy
 
 log = logging.getLogger(__name__)
@@ -544,12 +544,15 @@ def make_tgi_checkpoint(
     _leading_specials(tokenizer)  # special tokens TGI would add that the renderer cannot match
     # The model on the server is asked in the format it was trained in: a
     # trained mtserve checkpoint's, carried over; a plain model folder's, today's.
-    prompt_format = read_manifest(source).prompt_format if (source / MANIFEST).is_file() else PROMPT_FORMAT
+    style = read_manifest(source).prompt_style if (source / MANIFEST).is_file() else DEFAULT_STYLE
+    training: dict[str, Any] = {"prompt_format": style.format}
+    if style.compact:  # recorded only when set, as the trainer does
+        training["suffixes"] = style.suffixes
     final = checkpoint_dir(checkpoints_root, checkpoint_id)
     with staging_dir(final) as tmp:
         tokenizer.save_pretrained(tmp)
         write_manifest(
-            tmp, id=checkpoint_id, kind="tgi", base=base, training={"prompt_format": prompt_format},
+            tmp, id=checkpoint_id, kind="tgi", base=base, training=training,
             description=description or f"{model_id} served by TGI at {endpoint} ({mode} mode)",
         )
     return final
@@ -597,7 +600,7 @@ class TgiEngine:
         self.loaded = loaded
         self.server = loaded.server
         self.tokenizer = loaded.tokenizer
-        self.renderer = PromptRenderer(loaded.tokenizer, policy, prompt_format=loaded.manifest.prompt_format)
+        self.renderer = PromptRenderer(loaded.tokenizer, policy, style=loaded.manifest.prompt_style)
         self.mode = loaded.mode
         self.name = name or loaded.id
         self.settings = settings or TgiSettings()

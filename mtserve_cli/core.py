@@ -186,7 +186,7 @@ def classify(
         loaded = load_model_folder(path, device=s.device, dtype=s.dtype, root=s.checkpoints_root)
     except OSError as exc:
         fail(f"cannot load model from {path}: {exc}")
-    engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=s.inference.max_batch_tokens, prompt_format=loaded.manifest.prompt_format)
+    engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=s.inference.max_batch_tokens, style=loaded.manifest.prompt_style)
     started = time.monotonic()
     results = engine.predict([Request(t, inp, truncate=not no_truncate) for t in tasks])
     errors = [r for r in results if isinstance(r, MtserveError)]

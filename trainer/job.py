@@ -70,12 +70,12 @@ Method = Literal["single_task", "instance_balanced", "class_balanced", "temperat
 # read is refused.
 METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "single_task": frozenset(),
-    "instance_balanced": frozenset({"stage2_epochs", "stage2_steps"}),
-    "class_balanced": frozenset({"stage2_epochs", "stage2_steps"}),
-    "temperature": frozenset({"stage2_epochs", "stage2_steps", "tau"}),
-    "temperature_capped": frozenset({"stage2_epochs", "stage2_steps", "tau", "cap_k"}),
-    "unimax": frozenset({"stage2_epochs", "stage2_steps", "unimax_max_epochs"}),
-    "two_stage": frozenset({"stage1_epochs", "stage1_steps", "stage2_epochs", "stage2_steps", "tau", "cap_k"}),
+    "instance_balanced": frozenset({"suffixes", "stage2_epochs", "stage2_steps"}),
+    "class_balanced": frozenset({"suffixes", "stage2_epochs", "stage2_steps"}),
+    "temperature": frozenset({"suffixes", "stage2_epochs", "stage2_steps", "tau"}),
+    "temperature_capped": frozenset({"suffixes", "stage2_epochs", "stage2_steps", "tau", "cap_k"}),
+    "unimax": frozenset({"suffixes", "stage2_epochs", "stage2_steps", "unimax_max_epochs"}),
+    "two_stage": frozenset({"suffixes", "stage1_epochs", "stage1_steps", "stage2_epochs", "stage2_steps", "tau", "cap_k"}),
 }
 
 # Learning rates when `training.lr` is left out, by fine-tuning mode and model
@@ -171,6 +171,10 @@ class MixtureSpec(_Section):
     cap_k: Int = Field(default=8000, ge=1)
     tau: Float = Field(default=3.33, gt=0)
     unimax_max_epochs: Float = Field(default=5.0, gt=0)
+    # How the multi-task model is asked (mtserve.prompt.SUFFIXES): the
+    # natural-language instruction, or the short "Task: NAME" marker it learns
+    # in fine-tuning (cheaper to serve; zero-shot and baselines stay natural).
+    suffixes: Literal["natural", "compact"] = "natural"
 
 
 class BaselineSpec(_Section):

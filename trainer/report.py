@@ -52,6 +52,7 @@ METHODS: dict[str, str] = {
     "temperature": "Temperature-scaled",
     "unimax": "UniMax",
     "two_stage": "ours (two-stage)",
+    "two_stage_compact": "ours (two-stage, compact suffixes)",
     "one_stage": "ours (w/o 2-stage)",
 }
 _ALIASES = {

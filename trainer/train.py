@@ -143,7 +143,7 @@ def _fit(renderer: PromptRenderer, task: Task, example: Any, max_seq_len: int, c
         key = (inp.kind, channel, budget)
         if key not in cache:
             policy = TruncationPolicy((TruncationBudget(inp.kind, channel, budget, base.keep_first_turns),))
-            cache[key] = PromptRenderer(renderer.tokenizer, policy, renderer.system_prompt, prompt_format=renderer.prompt_format)
+            cache[key] = PromptRenderer(renderer.tokenizer, policy, renderer.system_prompt, style=renderer.style)
         segs = cache[key].render_training(task, inp, example.gold)
         longest = max(len(s.ids) for s in segs)
         if longest <= max_seq_len:

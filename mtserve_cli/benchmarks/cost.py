@@ -5,6 +5,8 @@ one call each (`sharing`, the former `mtserve bench engine`)."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mtserve.engine import Engine, Request
@@ -16,6 +18,7 @@ from mtserve_cli.benchmarks.harness import Result, alternate, ratio, summaries, 
 from mtserve_cli.benchmarks.workload import BenchConfig
 
 ALL, ONE, EACH = "all applicable tasks, one call", "one task, one call", "all applicable tasks, one call per task"
+ALL_COMPACT, ONE_COMPACT = f"{ALL} (compact suffixes)", f"{ONE} (compact suffixes)"
 
 
 def token_counts(engine: Engine, cat: Catalogue, inputs: list[Input]) -> dict[str, Any]:
@@ -49,25 +52,33 @@ def _config(cfg: BenchConfig, loaded: Any) -> dict[str, Any]:
 
 
 def cost(cfg: BenchConfig) -> Result:
+    """Both prompt styles on the same model and conversations, their four arms
+    alternated: the natural-language instructions the checkpoint is asked
+    with, and compact task markers (mixture.suffixes: compact). The compact
+    arms price the prompt, not its answers: an untrained model has not learnt
+    the markers, so their quality is the reproduction's compact row."""
     engine, cat, inputs, loaded = _setup(cfg)
+    compact = workload.engine(loaded, cfg, cat, style=replace(engine.renderer.style, suffixes="compact"))
     per_conv = workload.all_tasks_requests(cat, inputs)
     single = [[Request(workload.one_task(cat, inp), inp)] for inp in inputs]
-    engine.predict(per_conv[0])  # warm-up: allocator, first-call overheads
+    for e in (engine, compact):
+        e.predict(per_conv[0])  # warm-up: allocator, first-call overheads
 
-    def arm(batches: list[list[Request]]) -> float:  # seconds per conversation
-        return timed(lambda: [engine.predict(b) for b in batches]) / len(batches)
+    def arm(e: Engine, batches: list[list[Request]]) -> Callable[[], float]:  # seconds per conversation
+        return lambda: timed(lambda: [e.predict(b) for b in batches]) / len(batches)
 
-    figures = alternate([(ALL, lambda: arm(per_conv)), (ONE, lambda: arm(single))], cfg.repeats)
+    arms = {ALL: arm(engine, per_conv), ONE: arm(engine, single), ALL_COMPACT: arm(compact, per_conv), ONE_COMPACT: arm(compact, single)}
+    figures = alternate(list(arms.items()), cfg.repeats)
     return Result(
         measure="cost",
         question="every applicable task of one conversation in one call / one task in one call",
         arms=summaries(figures, "s/conv"),
-        # The issue's goals: <= 1.5x with compact task suffixes, <= 2.5x with
-        # the natural-language instructions this catalogue uses.
-        ratios=[ratio(figures, ALL, ONE, "lower is better", goal=2.5)],
+        # The issue's goals: <= 2.5x with the natural-language instructions,
+        # <= 1.5x with compact task suffixes.
+        ratios=[ratio(figures, ALL, ONE, "lower is better", goal=2.5), ratio(figures, ALL_COMPACT, ONE_COMPACT, "lower is better", goal=1.5)],
         config=_config(cfg, loaded),
-        details={**token_counts(engine, cat, inputs), "one_task": sorted({b[0].task.name for b in single}),
-                 "goal_compact_suffixes": "<= 1.5x (compact suffixes are not built yet)"},
+        details={"natural": token_counts(engine, cat, inputs), "compact": token_counts(compact, cat, inputs),
+                 "one_task": sorted({b[0].task.name for b in single})},
     )
 
 

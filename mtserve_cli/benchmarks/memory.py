@@ -37,7 +37,7 @@ def child(arm: str, checkpoint: str, root: str, n: int, max_requests: int, threa
         torch.set_num_threads(threads)
     cat = workload.catalogue()
     loaded = load_model_folder(checkpoint, device="cpu", dtype="float32", root=root)
-    engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, prompt_format=loaded.manifest.prompt_format)
+    engine = Engine(loaded.model, loaded.tokenizer, cat.truncation, style=loaded.manifest.prompt_style)
     # The weights are memory-mapped and paged in by the first pass that reads
     # them: read them all now, so "after load" counts the whole model and the
     # increment is the scoring's own (before 2026-12-04 it held the weights'

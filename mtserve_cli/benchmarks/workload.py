@@ -13,6 +13,7 @@ from typing import Any
 from mtserve.config import Settings
 from mtserve.engine import Engine, Request
 from mtserve.inputs import Input, input_from_dict
+from mtserve.prompt import PromptStyle
 from mtserve.tasks import Catalogue, Task, builtin_catalogue_path, load_catalogue
 
 SEED = 7
@@ -65,10 +66,12 @@ def load(cfg: BenchConfig, dtype: str = "float32") -> Any:
     return load_model_folder(checkpoint_path(cfg), device=cfg.settings.device, dtype=dtype, root=cfg.settings.checkpoints_root)
 
 
-def engine(loaded: Any, cfg: BenchConfig, cat: Catalogue | None = None) -> Engine:
+def engine(loaded: Any, cfg: BenchConfig, cat: Catalogue | None = None, style: PromptStyle | None = None) -> Engine:
+    """An engine over the loaded model, asking in its checkpoint's prompt style unless `style` is given."""
     cat = cat or catalogue()
     return Engine(
-        loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=cfg.settings.inference.max_batch_tokens, prompt_format=loaded.manifest.prompt_format, name=loaded.id
+        loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=cfg.settings.inference.max_batch_tokens,
+        style=style or loaded.manifest.prompt_style, name=loaded.id,
     )
 
 

@@ -221,7 +221,7 @@ class InferenceCore:
 
             return TgiEngine(loaded, policy, name=checkpoint_id, settings=self.tgi)
         return Engine(
-            loaded.model, loaded.tokenizer, policy, max_batch_tokens=self.batch_options["max_batch_tokens"], prompt_format=loaded.manifest.prompt_format, name=checkpoint_id
+            loaded.model, loaded.tokenizer, policy, max_batch_tokens=self.batch_options["max_batch_tokens"], style=loaded.manifest.prompt_style, name=checkpoint_id
         )
 
     # -- applying registry state -------------------------------------------------------------

@@ -73,20 +73,29 @@ def test_bad_manifest_fields(tmp_path):
         read_manifest(folder)
 
 
-def test_a_checkpoint_is_rendered_in_the_prompt_format_it_was_trained_in(tmp_path):
-    from mtserve.prompt import PROMPT_FORMAT
+def test_a_checkpoint_is_rendered_in_the_prompt_style_it_was_trained_in(tmp_path):
+    from mtserve.prompt import DEFAULT_STYLE, PromptStyle
 
-    assert read_manifest(make(tmp_path, "base")).prompt_format == PROMPT_FORMAT  # untrained: today's
+    assert read_manifest(make(tmp_path, "base")).prompt_style == DEFAULT_STYLE  # untrained: today's format, natural
     folder = make(tmp_path)
     data = json.loads((folder / "manifest.json").read_text())
-    for training, expected in (({"method": "single_task"}, 1), ({"prompt_format": 1}, 1), ({"prompt_format": 2}, 2)):
-        data["training"] = training  # a trained checkpoint without the record predates it: format 1
+    for training, expected in (
+        ({"method": "single_task"}, PromptStyle(1)),  # a trained checkpoint without the record predates it: format 1
+        ({"prompt_format": 1}, PromptStyle(1)),
+        ({"prompt_format": 2}, PromptStyle(2)),
+        ({"prompt_format": 2, "suffixes": "compact"}, PromptStyle(2, "compact")),
+    ):
+        data["training"] = training
         (folder / "manifest.json").write_text(json.dumps(data))
-        assert read_manifest(folder).prompt_format == expected
-    data["training"] = {"prompt_format": 9}  # from a newer mtserve
-    (folder / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ValidationError, match=r"training\.prompt_format: must be one of 1, 2"):
-        read_manifest(folder)
+        assert read_manifest(folder).prompt_style == expected
+    for training, refusal in (
+        ({"prompt_format": 9}, r"training\.prompt_format: must be one of 1, 2"),  # from a newer mtserve
+        ({"prompt_format": 2, "suffixes": "terse"}, r"training\.suffixes: must be one of natural, compact.*terse"),
+    ):
+        data["training"] = training
+        (folder / "manifest.json").write_text(json.dumps(data))
+        with pytest.raises(ValidationError, match=refusal):
+            read_manifest(folder)
 
 
 def test_staging_dir_is_atomic_and_immutable(tmp_path):

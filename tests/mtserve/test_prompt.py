@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mtserve.errors import NotFoundError, ValidationError
 from mtserve.inputs import Conversation, Speaker, Text, TextPair, Turn
-from mtserve.prompt import PROMPT_FORMAT, TRUNCATION_MARKER, PromptRenderer, prompt_format_for
+from mtserve.prompt import COMPACT_MARKER, PROMPT_FORMAT, TRUNCATION_MARKER, PromptRenderer, PromptStyle, prompt_format_for
 from mtserve.tasks import Channel, TruncationPolicy, parse_task
 
 ALPHABET = st.sampled_from(
@@ -172,7 +172,7 @@ def test_a_multi_label_question_asks_its_label_last_and_format_1_still_renders(r
     is still rendered as it was trained."""
     review = Text("Great breakfast but noisy street.", Channel.REVIEW)
     task = hotel.task("rtc")
-    old = PromptRenderer(renderers["smollm2"].tokenizer, hotel.truncation, prompt_format=1)
+    old = PromptRenderer(renderers["smollm2"].tokenizer, hotel.truncation, style=PromptStyle(1))
     for renderer, fmt in ((renderers["smollm2"], PROMPT_FORMAT), (old, 1)):
         suffixes = [renderer.render(task, review, ask=label).suffix for label in task.labels]
         texts = [renderer.instruction_text(task, label) for label in task.labels]
@@ -196,9 +196,34 @@ def test_the_recorded_format_is_the_oldest_that_renders_the_tasks_alike(hotel):
 
 
 @pytest.mark.parametrize("value", [0, 3, "2", True, None])
-def test_an_unknown_prompt_format_is_refused_naming_it(smollm2_tok, hotel, value):
+def test_an_unknown_prompt_format_is_refused_naming_it(value):
     with pytest.raises(ValidationError, match="prompt_format: must be one of 1, 2"):
-        PromptRenderer(smollm2_tok, hotel.truncation, prompt_format=value)
+        PromptStyle(value)
+
+
+@pytest.mark.parametrize("value", ["short", "", None, 1])
+def test_unknown_suffixes_are_refused_naming_them(value):
+    with pytest.raises(ValidationError, match="suffixes: must be one of natural, compact"):
+        PromptStyle(2, value)
+
+
+def test_compact_suffixes_ask_with_the_task_marker_and_cost_fewer_tokens(renderers, hotel):
+    """A compact checkpoint's question is "Task: NAME" (a multi-label one adds
+    its category last), the input and prefix are rendered exactly as natural."""
+    natural = renderers["smollm2"]
+    compact = PromptRenderer(natural.tokenizer, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "compact"))
+    call = conversation(["I want to cancel my booking", "Sure, which date?"])
+    tasks = [t for t in hotel.tasks if t.input_kind is call.kind and call.channel in t.channels]
+    assert {t.taxonomy.value for t in tasks} >= {"binary", "multilabel"}
+    for task in tasks:
+        asks = task.labels if task.taxonomy.value == "multilabel" else [None]
+        for ask in asks:
+            full, short = natural.render(task, call, ask=ask), compact.render(task, call, ask=ask)
+            assert short.prefix == full.prefix
+            marker = COMPACT_MARKER.format(name=task.name)
+            assert compact.instruction_text(task, ask) == marker + ("" if ask is None else f"\nCategory: {ask.verbalizer}")
+            assert len(short.suffix) < len(full.suffix)
+            assert marker in natural.tokenizer.decode(short.suffix) and task.instruction[:20] not in natural.tokenizer.decode(short.suffix)
 
 
 def test_marker_format():

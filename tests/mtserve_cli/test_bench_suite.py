@@ -43,6 +43,11 @@ def test_every_measure_completes_and_writes_its_record(measure: str, tiny_llama_
     record = check_record(tmp_path / f"{measure}.json", measure)
     if measure == "latency":  # the secured default (TLS + token), with the plaintext figure beside it
         assert {"Classify over gRPC (TLS + token)", "Classify over gRPC (plaintext)"} <= set(record["arms"])
+    if measure == "cost":  # both prompt styles, each against its own one-task arm
+        assert len(record["ratios"]) == 2 and {r["goal"] for r in record["ratios"]} == {2.5, 1.5}
+        tokens = record["details"]
+        assert tokens["compact"]["question_tokens_per_conversation_median"] < tokens["natural"]["question_tokens_per_conversation_median"]
+        assert tokens["compact"]["prefix_tokens_max"] == tokens["natural"]["prefix_tokens_max"]
 
 
 def test_smoke_builds_its_own_tiny_model_and_all_runs_a_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -419,20 +419,23 @@ def test_a_route_to_a_tgi_checkpoint_answers_over_grpc_and_mtserve_classify_serv
 
 
 # -- settings --------------------------------------------------------------------------------
-def test_a_tgi_checkpoint_keeps_the_prompt_format_its_model_was_trained_in(tiny_llama, tmp_path):
-    """A trained checkpoint served by TGI is asked as it was trained; a plain model folder in today's format."""
-    from mtserve.prompt import PROMPT_FORMAT
+def test_a_tgi_checkpoint_keeps_the_prompt_style_its_model_was_trained_in(tiny_llama, tmp_path):
+    """A trained checkpoint served by TGI is asked as it was trained (format
+    and suffixes); a plain model folder in today's format, natural."""
+    from mtserve.prompt import DEFAULT_STYLE, PromptStyle
 
-    trained = tmp_path / "trained"
-    shutil.copytree(tiny_llama.path, trained)
-    write_manifest(trained, id="trained", training={"prompt_format": 1})
+    folders = {}
+    for name, training in (("old", {"prompt_format": 1}), ("compact", {"prompt_format": 2, "suffixes": "compact"})):
+        folders[name] = tmp_path / name
+        shutil.copytree(tiny_llama.path, folders[name])
+        write_manifest(folders[name], id=name, training=training)
     plain = tmp_path / "plain"
     plain.mkdir()
     tiny_llama.tokenizer.save_pretrained(plain)
-    for folder, expected in ((trained, 1), (plain, PROMPT_FORMAT)):
+    for folder, expected in ((folders["old"], PromptStyle(1)), (folders["compact"], PromptStyle(2, "compact")), (plain, DEFAULT_STYLE)):
         made = make_tgi_checkpoint(tmp_path / "checkpoints", f"on-tgi-{folder.name}", endpoint="http://127.0.0.1:9", model_id=MODEL_ID,
                                    mode="prefill", tokenizer_folder=folder)
-        assert read_manifest(made).prompt_format == expected
+        assert read_manifest(made).prompt_style == expected
 
 
 def test_tgi_settings_come_from_the_one_config_and_refuse_unknown_keys():

@@ -138,6 +138,14 @@ def test_setting_the_method_does_not_read_is_refused():
     assert parse_job(job(method="unimax", mixture={"unimax_max_epochs": 3})).mixture.unimax_max_epochs == 3
 
 
+def test_compact_suffixes_are_a_multi_task_setting():
+    """A baseline is the natural-language reference a compact mixture is measured against."""
+    refused(job(method="single_task", mixture={"suffixes": "compact"}), "mixture.suffixes", "not used by method 'single_task'")
+    refused(job(method="two_stage", mixture={"suffixes": "short"}), "mixture.suffixes", "'natural' or 'compact'", "'short'")
+    assert parse_job(job(method="two_stage", mixture={"suffixes": "compact"})).mixture.suffixes == "compact"
+    assert parse_job(job(method="unimax")).mixture.suffixes == "natural"
+
+
 def test_resources_rules():
     refused(job(method="class_balanced", resources={"high": ["a"]}), "resources.high", "only two_stage")
     refused(job(tasks=["a", "b"], resources={"high": ["c"]}), "resources.high[0]", "not one of the job's tasks", "'c'")

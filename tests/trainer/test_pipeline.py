@@ -449,7 +449,7 @@ def test_the_prompt_format_and_dev_selection_are_in_the_key(tmp_path, tiny_llama
     ref, payload = opened_run(spec, monkeypatch)
     # no multi-label task: format 2 (a multi-label question's label last) renders it as format 1 did
     assert payload["prompt_format"] == 1 and payload["eval"]["dev_selection"] == cache.DEV_SELECTION
-    monkeypatch.setattr(cache, "prompt_format_for", lambda tasks: 3)
+    monkeypatch.setattr(cache, "prompt_format_for", lambda tasks: 2)
     prompt, _ = opened_run(spec, monkeypatch)
     monkeypatch.undo()
     monkeypatch.setattr(cache, "DEV_SELECTION", "stratified-hash-v2")
@@ -498,6 +498,35 @@ def test_multi_task_keys_hold_the_resolved_stages(tmp_path, tiny_llama_dir, monk
     assert opened_run(tau, monkeypatch, "mt")[0] == ref
     monkeypatch.setattr(cache, "DEV_SELECTION", "stratified-hash-v2")
     assert opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={"stage1_steps": 4, "stage2_steps": 8}), monkeypatch, "mt")[0] != ref
+
+
+def test_compact_suffixes_change_the_mixture_key_only(tmp_path, tiny_llama_dir, monkeypatch):
+    """A natural mixture keeps the key it always had (suffixes are recorded
+    only when compact); a compact one is another run."""
+    steps = {"stage1_steps": 4, "stage2_steps": 8}
+    natural, payload = opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture=steps), monkeypatch, "mt")
+    assert "suffixes" not in payload
+    compact, payload = opened_run(make_job(tmp_path, tiny_llama_dir, **MT_JOB, mixture={**steps, "suffixes": "compact"}), monkeypatch, "mt")
+    assert compact != natural and payload["suffixes"] == "compact"
+
+
+def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny_llama_dir):
+    from mtserve.engine import Engine
+    from mtserve.inputs import Text
+    from mtserve.models import load_checkpoint
+    from mtserve.prompt import COMPACT_MARKER, PromptStyle
+    from mtserve.tasks import Channel, load_catalogue
+
+    spec = make_job(tmp_path, tiny_llama_dir, **{**MT_JOB, "mixture": {"stage1_steps": 1, "stage2_steps": 2, "suffixes": "compact"}})
+    events: list[dict] = []
+    result = run_job(spec, emit=events.append)
+    manifest = verify_checkpoint(result.checkpoints[0])
+    assert manifest.training["suffixes"] == "compact" and manifest.prompt_style == PromptStyle(1, "compact")
+    lm = load_checkpoint(result.checkpoints[0], device="cpu", dtype="float32")
+    cat = load_catalogue(tmp_path / "catalogue.yaml")
+    engine = Engine(lm.model, lm.tokenizer, cat.truncation, style=lm.manifest.prompt_style)
+    suffix = engine.renderer.render(cat.task("topic"), Text("The coffee was awful.", Channel.REVIEW)).suffix
+    assert COMPACT_MARKER.format(name="topic") in lm.tokenizer.decode(suffix)
 
 
 # -- run keys, pinned -------------------------------------------------------------------------

@@ -59,7 +59,10 @@ def test_budget_is_the_examples_the_kept_baselines_used_and_groups_come_from_sat
 def test_every_mixture_job_gets_the_same_budget_and_parses(tmp_path: Path):
     selection = {"kept": ["rt-polarity", "privacy-qa", "chat-topic"], "high": ["rt-polarity", "privacy-qa"], "budget_steps": 700}
     specs = reproduce.mixture_specs(selection, 700)
-    assert set(specs) == {"instance_balanced", "class_balanced", "unimax", "one_stage", "two_stage"}
+    assert set(specs) == {"instance_balanced", "class_balanced", "unimax", "one_stage", "two_stage", reproduce.COMPACT}
+    # the compact arm is two-stage with the task marker, nothing else changed
+    assert specs[reproduce.COMPACT] == reproduce.merge(specs["two_stage"], {"mixture": {"suffixes": "compact"}})
+    assert specs[reproduce.COMPACT]["mixture"]["suffixes"] == "compact" and "suffixes" not in specs["two_stage"]["mixture"]
     assert {s["max_steps"] for s in specs.values()} == {700}
     two = specs["two_stage"]["mixture"]
     assert two["stage1_steps"] == (1200 + 900 + 7) // 8 and two["stage1_steps"] + two["stage2_steps"] == 700
@@ -70,6 +73,7 @@ def test_every_mixture_job_gets_the_same_budget_and_parses(tmp_path: Path):
         assert job.max_steps == 700 and job.baselines.max_steps == reproduce.BASELINE_MAX_STEPS
     with_gen = reproduce.mixture_specs(selection, 750, with_generation=True)
     assert with_gen["two_stage"]["tasks"][-1] == "news-title" and with_gen["two_stage"]["task_filter"] == {"group_by": "none"}
+    assert reproduce.COMPACT not in with_gen  # Table 2 compares methods, not prompt styles
     assert "two_stage" not in reproduce.mixture_specs({**selection, "high": []}, 700)  # no stage 1 to run
 
 

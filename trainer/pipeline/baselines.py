@@ -32,7 +32,8 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> SingleTaskRun:
     patience), not the settings that led to it: `baselines.epochs: 2` and the
     equal `baselines.steps` share a run, and a job's `max_steps` that does not
     bind changes nothing."""
-    data = encode_tasks(ctx, ctx.tokenizer(base_dir), [task])
+    style = cache.prompt_style(ctx, [task], multitask=False)
+    data = encode_tasks(ctx, ctx.tokenizer(base_dir), [task], style)
     steps, notes = baseline_steps(ctx.spec, len(data[task.name]), ctx.per_step)
     plan = [StagePlan("single", {task.name: 1.0}, steps, ctx.lr, strategy="single_task",
                       eval_every=ctx.spec.eval.every_steps, eval_at_start=True, eval_at_end=True, select_best=True,
@@ -40,7 +41,7 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> SingleTaskRun:
     payload = {
         "kind": "single_task", "task": task.to_dict(), "data": ctx.data_identity(task.name), "base": ck.base_identity(base_dir),
         "max_train_examples": ctx.spec.max_train_examples, "stages": [p.to_dict() for p in plan], "eval": cache.eval_key(ctx),
-        "world": cache.world_key(ctx), **cache.hyper(ctx, [task]),
+        "world": cache.world_key(ctx), **cache.hyper(ctx, style),
     }
     run = cache.open_run(ctx, "st", task.name, payload)
     if run.action == "cached":
@@ -50,7 +51,7 @@ def run_single_task(ctx: Context, base_dir: Path, task: Task) -> SingleTaskRun:
     with cache.run_lock(ctx, run.run_id):
         model, tokenizer = load_model(ctx, base_dir, lora=ctx.spec.finetune == "lora")
         run.emit({"event": "run_started", "action": run.action, "tasks": [task.name], "stages": [p.to_dict() for p in plan], "notes": notes})
-        evaluator = make_evaluator(ctx, tokenizer, [task], None, run.run_id, run.emit)
+        evaluator = make_evaluator(ctx, tokenizer, [task], style, None, run.run_id, run.emit)
         trainer = Trainer(model, tokenizer, loop_settings(ctx.spec), ctx.store.dir(run.run_id), emit=run.emit, evaluator=evaluator, dist=ctx.dist)
         progress = trainer.run(plan, data, resume=run.action == "resume")
         if ctx.dist.main:
@@ -75,6 +76,7 @@ def _finish(
 ) -> SingleTaskRun:
     best = progress.best
     assert best is not None  # the only stage selects its best evaluation, zero-shot included
+    style = cache.prompt_style(ctx, [task], multitask=False)
     zero = _load_eval(ctx, run, progress.history[0], task.name)
     chosen = _load_eval(ctx, run, best, task.name)
     zero_shot = best.weights == "base"
@@ -96,7 +98,7 @@ def _finish(
     training = {
         "method": "single_task", "run_id": run.run_id, "run_key": run.key, "stages": [s.to_dict() for s in progress.stages],
         "history": [h.to_dict() for h in history], "saturation": sat.to_dict(), "steps": progress.steps, "tokens": progress.tokens,
-        "seconds": progress.seconds, "notes": notes, "data": {task.name: cache.data_record(ctx, task.name, data)}, **cache.hyper(ctx, [task]),
+        "seconds": progress.seconds, "notes": notes, "data": {task.name: cache.data_record(ctx, task.name, data)}, **cache.hyper(ctx, style),
         "precision": precision.to_dict(), "versions": cache.versions(),
     }
     if zero_shot:
@@ -114,7 +116,7 @@ def _finish(
     if ctx.spec.eval.test:
         if zero_shot:
             model, tokenizer = load_model(ctx, base_dir, lora=False)
-        test = score_dev(ctx, model, tokenizer, [task], split="test", label=checkpoint.id)[task.name]
+        test = score_dev(ctx, model, tokenizer, [task], style, split="test", label=checkpoint.id)[task.name]
     result = SingleTaskRun(
         run_id=run.run_id, key=run.key, task=task.name, base=cache.base_ref(base_dir), checkpoint=checkpoint, selected=selected,
         dev=chosen, zero_shot=zero, test=test, history=history, saturation=sat, steps=progress.steps, tokens=progress.tokens,

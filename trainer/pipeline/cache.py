@@ -19,7 +19,7 @@ import torch
 
 from mtserve.errors import PreconditionError
 from mtserve.precision import probe_description
-from mtserve.prompt import prompt_format_for
+from mtserve.prompt import PromptStyle, prompt_format_for
 from mtserve.tasks import Task
 from trainer import checkpoint as ck
 from trainer.data import DEV_SELECTION
@@ -34,11 +34,19 @@ log = logging.getLogger(__name__)
 # -- what goes into keys --------------------------------------------------------------------
 
 
-def hyper(ctx: Context, tasks: Sequence[Task]) -> dict[str, Any]:
+def prompt_style(ctx: Context, tasks: Sequence[Task], *, multitask: bool) -> PromptStyle:
+    """How a run renders its tasks: the prompt format of its own tasks (a
+    baseline's one, a mixture's all; stage 0 renders none), and the job's
+    mixture.suffixes for a multi-task run. Baselines always ask in natural
+    language: they are what a compact mixture is measured against."""
+    return PromptStyle(prompt_format_for(tasks), ctx.spec.mixture.suffixes if multitask else "natural")
+
+
+def hyper(ctx: Context, style: PromptStyle) -> dict[str, Any]:
     """The settings that change what training produces, resolved: the precision
-    `auto` chose, the prompt format of the run's own tasks (a baseline's one,
-    a mixture's all; none for stage 0, which renders no prompt), the dtype
-    evaluation scores in (not logging cadence, not output paths)."""
+    `auto` chose, the run's prompt style (suffixes only when compact, so a
+    natural run keeps the key it always had), the dtype evaluation scores in
+    (not logging cadence, not output paths)."""
     spec = ctx.spec
     t = spec.training.model_dump(mode="json")
     t.pop("state_every_steps")
@@ -47,7 +55,7 @@ def hyper(ctx: Context, tasks: Sequence[Task]) -> dict[str, Any]:
     t["lr"] = ctx.lr
     return {"training": t, "max_seq_len": spec.max_seq_len, "seed": spec.seed, "finetune": spec.finetune,
             "lora": spec.lora_settings.model_dump(mode="json") if spec.lora_settings else None,
-            "prompt_format": prompt_format_for(tasks), "eval_dtype": ctx.eval_dtype}
+            "prompt_format": style.format, **({"suffixes": style.suffixes} if style.compact else {}), "eval_dtype": ctx.eval_dtype}
 
 
 def world_key(ctx: Context) -> int | dict[str, Any]:

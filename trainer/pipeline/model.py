@@ -15,7 +15,7 @@ import torch
 
 from mtserve.errors import ValidationError
 from mtserve.precision import autocast_dtype
-from mtserve.prompt import PromptRenderer
+from mtserve.prompt import PromptRenderer, PromptStyle
 from mtserve.tasks import Task
 from trainer.evaluate import TaskEval, evaluate_many
 from trainer.job import JobSpec
@@ -59,8 +59,8 @@ def loop_settings(spec: JobSpec) -> LoopSettings:
     )
 
 
-def encode_tasks(ctx: Context, tokenizer: Any, tasks: Sequence[Task]) -> dict[str, TrainSet]:
-    renderer = PromptRenderer(tokenizer, ctx.catalogue.truncation)
+def encode_tasks(ctx: Context, tokenizer: Any, tasks: Sequence[Task], style: PromptStyle) -> dict[str, TrainSet]:
+    renderer = PromptRenderer(tokenizer, ctx.catalogue.truncation, style=style)
     out = {}
     for t in tasks:
         out[t.name] = encode_task(renderer, t, ctx.train_examples(t.name), max_seq_len=ctx.spec.max_seq_len, multilabel=ctx.spec.training.multilabel)
@@ -81,12 +81,14 @@ def task_records(tasks: Sequence[Task]) -> list[dict[str, Any]]:
 
 
 def score_dev(
-    ctx: Context, model: Any, tokenizer: Any, tasks: Sequence[Task], *, split: str = "dev", label: str = "", emit: Emit | None = None
+    ctx: Context, model: Any, tokenizer: Any, tasks: Sequence[Task], style: PromptStyle, *, split: str = "dev", label: str = "",
+    emit: Emit | None = None,
 ) -> dict[str, TaskEval]:
-    """Evaluate through the serving engine (constrained decoding)."""
+    """Evaluate through the serving engine (constrained decoding), asking in the
+    style the model is trained in."""
     from mtserve.engine import Engine
 
-    engine = Engine(unwrap(model), tokenizer, ctx.catalogue.truncation, max_batch_tokens=ctx.spec.eval.max_batch_tokens, name=label)
+    engine = Engine(unwrap(model), tokenizer, ctx.catalogue.truncation, max_batch_tokens=ctx.spec.eval.max_batch_tokens, style=style, name=label)
     # Score in the dtype serving will load the model in (float32 weights are
     # kept; bf16 serving is matched with autocast, float32 serving runs as is).
     cast = autocast_dtype("bf16" if ctx.eval_dtype == "bfloat16" else "fp32")
@@ -106,13 +108,14 @@ def score_dev(
 
 
 def make_evaluator(
-    ctx: Context, tokenizer: Any, tasks: Sequence[Task], baselines: Mapping[str, TaskEval] | None, label: str, emit: Emit
+    ctx: Context, tokenizer: Any, tasks: Sequence[Task], style: PromptStyle, baselines: Mapping[str, TaskEval] | None, label: str,
+    emit: Emit,
 ) -> Evaluator:
     """Scores the model on the tasks' dev sets. Score to maximize: the primary
     metric (one task); (qualified tasks, mean metric) with baselines; else the mean."""
 
     def evaluate(model: Any, stage: str, step: int, epochs: dict[str, float]) -> EvalPoint:
-        evals = score_dev(ctx, model, tokenizer, tasks, label=f"{label}@{stage}:{step}", emit=emit)
+        evals = score_dev(ctx, model, tokenizer, tasks, style, label=f"{label}@{stage}:{step}", emit=emit)
         values = {n: ev.value.value for n, ev in evals.items()}
         mean = sum(values.values()) / len(values)
         qualified = None

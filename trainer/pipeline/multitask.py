@@ -50,7 +50,8 @@ def run_multi_task(
     step counts, lr), so equivalent spellings of the mixture settings share a
     run."""
     spec = ctx.spec
-    data = encode_tasks(ctx, ctx.tokenizer(base_dir), tasks)
+    style = cache.prompt_style(ctx, tasks, multitask=True)
+    data = encode_tasks(ctx, ctx.tokenizer(base_dir), tasks, style)
     sizes = {t.name: len(data[t.name]) for t in tasks}
     stages, notes = plan_stages(spec, spec.method, sizes, high, ctx.per_step, lr=ctx.lr)
     payload = {
@@ -58,7 +59,7 @@ def run_multi_task(
         "data": {t.name: ctx.data_identity(t.name) for t in tasks}, "base": ck.base_identity(base_dir),
         "stages": [p.to_dict() for p in stages], "max_train_examples": spec.max_train_examples,
         "eval": cache.eval_key(ctx, multitask_every_steps=spec.eval.multitask_every_steps),
-        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": cache.world_key(ctx), **cache.hyper(ctx, tasks),
+        "baselines": {t: b.run_id for t, b in sorted(baselines.items())}, "world": cache.world_key(ctx), **cache.hyper(ctx, style),
     }
     run = cache.open_run(ctx, "mt", f"{spec.name}-{group}", payload)
     if run.action == "cached":
@@ -69,7 +70,7 @@ def run_multi_task(
         model, tokenizer = load_model(ctx, base_dir, lora=spec.finetune == "lora")
         run.emit({"event": "run_started", "action": run.action, "group": group, "tasks": [t.name for t in tasks],
                   "stages": [p.to_dict() for p in stages], "notes": notes, "high": list(high)})
-        evaluator = make_evaluator(ctx, tokenizer, tasks, {t: b.dev for t, b in baselines.items()}, run.run_id, run.emit)
+        evaluator = make_evaluator(ctx, tokenizer, tasks, style, {t: b.dev for t, b in baselines.items()}, run.run_id, run.emit)
         trainer = Trainer(model, tokenizer, loop_settings(spec), ctx.store.dir(run.run_id), emit=run.emit, evaluator=evaluator, dist=ctx.dist)
         progress = trainer.run(stages, data, resume=run.action == "resume")
         if ctx.dist.main:
@@ -84,6 +85,7 @@ def _finish(
     notes: dict[str, Any],
 ) -> MultiTaskRun:
     spec = ctx.spec
+    style = cache.prompt_style(ctx, tasks, multitask=True)
     best = progress.best
     assert best is not None and best.file is not None  # the last stage evaluates at its end and selects
     payload = ck.read_json(ctx.store.dir(run.run_id) / "evals" / best.file)
@@ -109,7 +111,7 @@ def _finish(
         "method": spec.method, "group": group, "job": spec.name, "run_id": run.run_id, "run_key": run.key,
         "stages": [s.to_dict() for s in progress.stages], "high_resource": sorted(high), "mixture": spec.mixture.model_dump(mode="json"),
         "notes": notes, "steps": progress.steps, "tokens": progress.tokens, "seconds": progress.seconds,
-        "data": {t.name: cache.data_record(ctx, t.name, data) for t in tasks}, **cache.hyper(ctx, tasks), "precision": precision.to_dict(),
+        "data": {t.name: cache.data_record(ctx, t.name, data) for t in tasks}, **cache.hyper(ctx, style), "precision": precision.to_dict(),
         "versions": cache.versions(),
         "history": [{"stage": h.stage, "step": h.step, "summary": None if h.summary is None else h.summary.to_dict()} for h in progress.history],
     }
@@ -119,7 +121,7 @@ def _finish(
         tasks=task_records(tasks), metrics=metrics, training=training,
         description=f"{spec.method} multi-task model for group {group} of job {spec.name}: {len(qualified)}/{len(tasks)} tasks qualified",
     )
-    test = score_dev(ctx, model, tokenizer, tasks, split="test", label=checkpoint_id) if spec.eval.test else None
+    test = score_dev(ctx, model, tokenizer, tasks, style, split="test", label=checkpoint_id) if spec.eval.test else None
     result = MultiTaskRun(
         run_id=run.run_id, key=run.key, job=spec.name, group=group, method=spec.method, tasks=[t.name for t in tasks], high=sorted(high),
         base=cache.base_ref(base_dir), checkpoint=CheckpointRef(checkpoint_id, str(path)), stages=progress.stages, selected=selected,

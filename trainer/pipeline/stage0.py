@@ -29,7 +29,7 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
     corpus_sha256 = sha256_file(corpus)
     payload = {
         "kind": "stage0", "base": ck.base_identity(base_dir), "corpus_sha256": corpus_sha256, "steps": steps, "lr": lr,
-        "world": cache.world_key(ctx), **cache.hyper(ctx, []),
+        "world": cache.world_key(ctx), **cache.hyper(ctx, cache.prompt_style(ctx, [], multitask=False)),
     }
     run = cache.open_run(ctx, "stage0", "corpus", payload)
     checkpoint_id = f"stage0-{run.key[:12]}"
@@ -50,7 +50,7 @@ def run_stage0(ctx: Context, base_dir: Path) -> Path:
                 ctx.checkpoints_root, checkpoint_id, full, tokenizer, base_dir=base_dir, lora=False, tasks=[],
                 metrics={}, training={"method": "stage0", "run_id": run.run_id, "run_key": run.key, "corpus": str(corpus),
                                       "corpus_sha256": corpus_sha256, "blocks": len(blocks), "stages": [s.to_dict() for s in progress.stages],
-                                      "steps": progress.steps, "tokens": progress.tokens, "seconds": progress.seconds, **cache.hyper(ctx, []),
+                                      "steps": progress.steps, "tokens": progress.tokens, "seconds": progress.seconds, **cache.hyper(ctx, cache.prompt_style(ctx, [], multitask=False)),
                                       "precision": cache.precision_record(ctx).to_dict(), "versions": cache.versions()},
                 description="domain continual pre-training (stage 0)",
             )

@@ -21,6 +21,7 @@ import torch
 
 from mtserve.config import load_settings
 from mtserve.engine import Engine, Request
+from mtserve.prompt import PromptStyle
 from mtserve_cli.benchmarks import workload
 from mtserve_cli.benchmarks.workload import BenchConfig
 
@@ -34,7 +35,7 @@ def main() -> None:
     cfg = BenchConfig(settings=load_settings(), work_dir=Path("/tmp/formats-ab"), n=n, repeats=repeats)
     cat, loaded = workload.catalogue(), workload.load(cfg)
     budget = cfg.settings.inference.max_batch_tokens
-    engines = {f"format {f}": Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=budget, prompt_format=f) for f in (1, 2)}
+    engines = {f"format {f}": Engine(loaded.model, loaded.tokenizer, cat.truncation, max_batch_tokens=budget, style=PromptStyle(f)) for f in (1, 2)}
     conversations = workload.conversations(n)
     arms = {"all": workload.all_tasks_requests(cat, conversations), "one": [[Request(workload.one_task(cat, c), c)] for c in conversations]}
     tree_tokens = {}
