@@ -79,9 +79,11 @@ class Manifest:
         if data.get("kind") == "tgi":
             check_tgi_base(data.get("base"), f"{where}.base")
         training = data.get("training", {})
-        if isinstance(training, Mapping) and "prompt_format" in training:
+        if not isinstance(training, Mapping):
+            raise ValidationError(f"{where}.training", "must be a mapping (how the checkpoint was trained)", training)
+        if "prompt_format" in training:
             check_prompt_format(training["prompt_format"], f"{where}.training.prompt_format")
-        if isinstance(training, Mapping) and "suffixes" in training:
+        if "suffixes" in training:
             check_suffixes(training["suffixes"], f"{where}.training.suffixes")
         if not isinstance(data.get("files", {}), Mapping):
             raise ValidationError(f"{where}.files", "must map file names to sha256", data.get("files"))
@@ -93,9 +95,12 @@ class Manifest:
         recorded (trainer/pipeline/cache.hyper). A trained checkpoint from
         before the record is format 1; an untrained one (a base model, a
         model on a TGI server) takes today's; suffixes are natural unless
-        training recorded compact."""
+        training recorded compact, and then only the manifest's tasks have a
+        marker the model learnt."""
         fmt = int(self.training.get("prompt_format", 1 if self.training else PROMPT_FORMAT))
-        return PromptStyle(fmt, self.training.get("suffixes", "natural"))
+        suffixes = self.training.get("suffixes", "natural")
+        learnt = frozenset(t["name"] for t in self.tasks) if suffixes == "compact" else None
+        return PromptStyle(fmt, suffixes, learnt)
 
     def task_versions(self) -> dict[str, int | None]:
         return {t["name"]: t.get("version") for t in self.tasks}

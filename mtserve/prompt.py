@@ -35,7 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mtserve.errors import ValidationError
+from mtserve.errors import PreconditionError, ValidationError
 from mtserve.inputs import Conversation, Input, TextPair, check_task_accepts
 from mtserve.tasks import Channel, Label, Task, Taxonomy, TruncationBudget, TruncationPolicy
 
@@ -85,10 +85,15 @@ def check_suffixes(value: Any, where: str = "suffixes") -> None:
 @dataclass(frozen=True)
 class PromptStyle:
     """How a checkpoint's prompts are rendered: what it was trained on (its
-    manifest's training.prompt_format and training.suffixes)."""
+    manifest's training.prompt_format and training.suffixes). `learnt`: for
+    compact suffixes, the tasks whose markers the model was trained on (its
+    manifest's tasks); None when unknown or natural. A natural instruction is
+    readable for any task; a marker the model never saw is not, so a compact
+    checkpoint refuses other tasks rather than answer them confidently."""
 
     format: int = PROMPT_FORMAT
     suffixes: str = "natural"
+    learnt: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         check_prompt_format(self.format)
@@ -338,6 +343,11 @@ class PromptRenderer:
         if multilabel and ask is None:
             raise ValidationError("ask", f"multi-label task {task.name!r} is rendered one label at a time", None, show_value=False)
         if self.style.compact:
+            if self.style.learnt is not None and task.name not in self.style.learnt:
+                raise PreconditionError(
+                    f"task {task.name!r}: this checkpoint was trained with compact suffixes on "
+                    f"{', '.join(sorted(self.style.learnt)) or 'no task'} and never learnt its marker; route the task to a checkpoint trained on it"
+                )
             marker = COMPACT_MARKER.format(name=task.name)
             return marker + (f"\nCategory: {ask.verbalizer}" if multilabel and ask is not None else "")
         text = task.instruction.format(labels=", ".join(label.verbalizer for label in task.labels)).strip()

@@ -544,15 +544,16 @@ def make_tgi_checkpoint(
     _leading_specials(tokenizer)  # special tokens TGI would add that the renderer cannot match
     # The model on the server is asked in the format it was trained in: a
     # trained mtserve checkpoint's, carried over; a plain model folder's, today's.
-    style = read_manifest(source).prompt_style if (source / MANIFEST).is_file() else DEFAULT_STYLE
+    trained = read_manifest(source) if (source / MANIFEST).is_file() else None
+    style = trained.prompt_style if trained else DEFAULT_STYLE
     training: dict[str, Any] = {"prompt_format": style.format}
-    if style.compact:  # recorded only when set, as the trainer does
+    if style.compact:  # recorded only when set, as the trainer does; its tasks are the markers it learnt
         training["suffixes"] = style.suffixes
     final = checkpoint_dir(checkpoints_root, checkpoint_id)
     with staging_dir(final) as tmp:
         tokenizer.save_pretrained(tmp)
         write_manifest(
-            tmp, id=checkpoint_id, kind="tgi", base=base, training=training,
+            tmp, id=checkpoint_id, kind="tgi", base=base, training=training, tasks=trained.tasks if trained else (),
             description=description or f"{model_id} served by TGI at {endpoint} ({mode} mode)",
         )
     return final

@@ -57,8 +57,12 @@ def cost(cfg: BenchConfig) -> Result:
     with, and compact task markers (mixture.suffixes: compact). The compact
     arms price the prompt, not its answers: an untrained model has not learnt
     the markers, so their quality is the reproduction's compact row."""
-    engine, cat, inputs, loaded = _setup(cfg)
-    compact = workload.engine(loaded, cfg, cat, style=replace(engine.renderer.style, suffixes="compact"))
+    cat, inputs = workload.catalogue(), workload.conversations(cfg.n)
+    loaded = workload.load(cfg)
+    # Each pair of arms in its own style, whatever the checkpoint was trained with.
+    trained = loaded.manifest.prompt_style
+    engine = workload.engine(loaded, cfg, cat, style=replace(trained, suffixes="natural", learnt=None))
+    compact = workload.engine(loaded, cfg, cat, style=replace(trained, suffixes="compact", learnt=None))
     per_conv = workload.all_tasks_requests(cat, inputs)
     single = [[Request(workload.one_task(cat, inp), inp)] for inp in inputs]
     for e in (engine, compact):

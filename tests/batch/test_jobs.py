@@ -160,6 +160,35 @@ def test_chunk_answers_are_the_engines(settings: Settings, store: ResultStore, s
             assert stored.checkpoint == "tiny-llama" and stored.task_version == 0
 
 
+def test_a_compact_checkpoint_answers_the_tasks_it_learnt_and_refuses_only_the_others(tmp_path: Path, tiny_llama_dir: Path) -> None:
+    """The worker loads a compact checkpoint as it was trained (markers, not
+    instructions); a task it never learnt a marker for is a task error of its
+    own, its neighbours in the conversation are answered."""
+    import shutil
+
+    from mtserve.checkpoints import write_manifest
+    from mtserve.prompt import COMPACT_MARKER, PromptStyle
+
+    folder = tmp_path / "tiny-compact"
+    shutil.copytree(tiny_llama_dir, folder)
+    write_manifest(folder, id="tiny-compact", tasks=[{"name": "rc-a"}, {"name": "id"}], training={"prompt_format": 2, "suffixes": "compact"})
+    s = load_settings(overrides={"batch.scorer": "local", "batch.checkpoint": str(folder), "device": "cpu", "dtype": "float32"}, env={})
+    compact = LocalScorer.from_settings(s)
+    assert compact.engine.renderer.style == PromptStyle(2, "compact", frozenset({"rc-a", "id"}))
+    call = next(c.record for c in generate_day(DATE, 4, 0).conversations if c.record["channel"] == "call")
+    from mtserve.inputs import input_from_dict
+
+    conv = input_from_dict(call)
+    refs = compact.plan(conv.channel, None)
+    answers = dict(zip([r.name for r in refs], compact.score([(conv, refs)])[0]))
+    assert isinstance(answers["rc-a"], Answer) and isinstance(answers["id"], Answer)
+    others = {n: a for n, a in answers.items() if n not in ("rc-a", "id")}
+    assert others and all(isinstance(a, TaskError) and isinstance(a.error, PreconditionError) for a in others.values())
+    assert "never learnt its marker" in str(next(iter(others.values())).error)
+    suffix = compact.engine.renderer.render(compact.tasks()["rc-a"], conv).suffix
+    assert COMPACT_MARKER.format(name="rc-a") in compact.engine.tokenizer.decode(suffix)
+
+
 def test_a_chunk_runs_twice_and_resumes_without_writing_twice(settings: Settings, store: ResultStore, scorer: LocalScorer, day: Any) -> None:
     _, logs = day
     job, _ = submit(settings, store, logs)

@@ -83,7 +83,7 @@ def test_a_checkpoint_is_rendered_in_the_prompt_style_it_was_trained_in(tmp_path
         ({"method": "single_task"}, PromptStyle(1)),  # a trained checkpoint without the record predates it: format 1
         ({"prompt_format": 1}, PromptStyle(1)),
         ({"prompt_format": 2}, PromptStyle(2)),
-        ({"prompt_format": 2, "suffixes": "compact"}, PromptStyle(2, "compact")),
+        ({"prompt_format": 2, "suffixes": "compact"}, PromptStyle(2, "compact", frozenset({"rc-a"}))),  # markers learnt: its tasks
     ):
         data["training"] = training
         (folder / "manifest.json").write_text(json.dumps(data))
@@ -91,6 +91,7 @@ def test_a_checkpoint_is_rendered_in_the_prompt_style_it_was_trained_in(tmp_path
     for training, refusal in (
         ({"prompt_format": 9}, r"training\.prompt_format: must be one of 1, 2"),  # from a newer mtserve
         ({"prompt_format": 2, "suffixes": "terse"}, r"training\.suffixes: must be one of natural, compact.*terse"),
+        (["compact"], r"training: must be a mapping"),
     ):
         data["training"] = training
         (folder / "manifest.json").write_text(json.dumps(data))

@@ -226,6 +226,20 @@ def test_compact_suffixes_ask_with_the_task_marker_and_cost_fewer_tokens(rendere
             assert marker in natural.tokenizer.decode(short.suffix) and task.instruction[:20] not in natural.tokenizer.decode(short.suffix)
 
 
+
+def test_a_compact_checkpoint_refuses_a_task_whose_marker_it_never_learnt(renderers, hotel):
+    from mtserve.errors import PreconditionError
+
+    tok = renderers["smollm2"].tokenizer
+    learnt = PromptRenderer(tok, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "compact", frozenset({"rc-a"})))
+    call = conversation(["I want to cancel my booking"])
+    assert "Task: rc-a" in tok.decode(learnt.render(hotel.task("rc-a"), call).suffix)
+    with pytest.raises(PreconditionError, match="task 'id'.*compact suffixes on rc-a and never learnt its marker"):
+        learnt.render(hotel.task("id"), call)
+    # natural instructions are readable for any task, whatever the checkpoint learnt
+    assert PromptRenderer(tok, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "natural", frozenset({"rc-a"}))).render(hotel.task("id"), call)
+
+
 def test_marker_format():
     assert TRUNCATION_MARKER.format(n=3) == "[... 3 earlier turns omitted ...]"
 

@@ -428,11 +428,11 @@ def test_a_tgi_checkpoint_keeps_the_prompt_style_its_model_was_trained_in(tiny_l
     for name, training in (("old", {"prompt_format": 1}), ("compact", {"prompt_format": 2, "suffixes": "compact"})):
         folders[name] = tmp_path / name
         shutil.copytree(tiny_llama.path, folders[name])
-        write_manifest(folders[name], id=name, training=training)
+        write_manifest(folders[name], id=name, training=training, tasks=[{"name": "rc-a", "version": 1}])
     plain = tmp_path / "plain"
     plain.mkdir()
     tiny_llama.tokenizer.save_pretrained(plain)
-    for folder, expected in ((folders["old"], PromptStyle(1)), (folders["compact"], PromptStyle(2, "compact")), (plain, DEFAULT_STYLE)):
+    for folder, expected in ((folders["old"], PromptStyle(1)), (folders["compact"], PromptStyle(2, "compact", frozenset({"rc-a"}))), (plain, DEFAULT_STYLE)):
         made = make_tgi_checkpoint(tmp_path / "checkpoints", f"on-tgi-{folder.name}", endpoint="http://127.0.0.1:9", model_id=MODEL_ID,
                                    mode="prefill", tokenizer_folder=folder)
         assert read_manifest(made).prompt_style == expected

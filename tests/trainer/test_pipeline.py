@@ -516,17 +516,34 @@ def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny
     from mtserve.models import load_checkpoint
     from mtserve.prompt import COMPACT_MARKER, PromptStyle
     from mtserve.tasks import Channel, load_catalogue
+    from trainer.pipeline import multitask
 
     spec = make_job(tmp_path, tiny_llama_dir, **{**MT_JOB, "mixture": {"stage1_steps": 1, "stage2_steps": 2, "suffixes": "compact"}})
-    events: list[dict] = []
-    result = run_job(spec, emit=events.append)
+    trained_on: list = []  # what the mixture's training examples were rendered from
+
+    def spy(ctx, tokenizer, tasks, style):
+        data = multitask_encode(ctx, tokenizer, tasks, style)
+        trained_on.append((style, tokenizer.decode(list(data["topic"].items[0][0].ids))))
+        return data
+
+    multitask_encode = multitask.encode_tasks
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(multitask, "encode_tasks", spy)
+        result = run_job(spec)
+    learnt = PromptStyle(1, "compact", frozenset({"sentiment", "topic"}))
+    assert [style for style, _ in trained_on] == [learnt] and COMPACT_MARKER.format(name="topic") in trained_on[0][1]
     manifest = verify_checkpoint(result.checkpoints[0])
-    assert manifest.training["suffixes"] == "compact" and manifest.prompt_style == PromptStyle(1, "compact")
+    assert manifest.training["suffixes"] == "compact" and manifest.prompt_style == learnt
     lm = load_checkpoint(result.checkpoints[0], device="cpu", dtype="float32")
     cat = load_catalogue(tmp_path / "catalogue.yaml")
     engine = Engine(lm.model, lm.tokenizer, cat.truncation, style=lm.manifest.prompt_style)
-    suffix = engine.renderer.render(cat.task("topic"), Text("The coffee was awful.", Channel.REVIEW)).suffix
-    assert COMPACT_MARKER.format(name="topic") in lm.tokenizer.decode(suffix)
+    review = Text("The coffee was awful.", Channel.REVIEW)
+    assert COMPACT_MARKER.format(name="topic") in lm.tokenizer.decode(engine.renderer.render(cat.task("topic"), review).suffix)
+    from mtserve.engine import Request
+    from mtserve.errors import PreconditionError
+
+    learnt, unknown = engine.predict([Request(cat.task("topic"), review), Request(cat.task("headline"), review)])
+    assert learnt.label in ("room", "food", "staff") and isinstance(unknown, PreconditionError)  # not trained on headline
 
 
 # -- run keys, pinned -------------------------------------------------------------------------

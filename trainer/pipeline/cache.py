@@ -39,7 +39,9 @@ def prompt_style(ctx: Context, tasks: Sequence[Task], *, multitask: bool) -> Pro
     baseline's one, a mixture's all; stage 0 renders none), and the job's
     mixture.suffixes for a multi-task run. Baselines always ask in natural
     language: they are what a compact mixture is measured against."""
-    return PromptStyle(prompt_format_for(tasks), ctx.spec.mixture.suffixes if multitask else "natural")
+    suffixes = ctx.spec.mixture.suffixes if multitask else "natural"
+    learnt = frozenset(t.name for t in tasks) if suffixes == "compact" else None
+    return PromptStyle(prompt_format_for(tasks), suffixes, learnt)
 
 
 def hyper(ctx: Context, style: PromptStyle) -> dict[str, Any]:
