@@ -28,25 +28,29 @@ from typing import Any
 from mtserve.engine import Request
 from mtserve.errors import OverloadedError, UnavailableError
 from mtserve.inputs import Conversation, Input, TextPair
+from mtserve.prompt import COMPACT_MARKER
 from mtserve.tasks import Taxonomy
 from services.common.metrics import BATCH_REQUESTS, BATCH_SECONDS, QUEUE_DEPTH, REFUSED
 
 log = logging.getLogger(__name__)
 
 
-def estimate_tokens(requests: Sequence[Request]) -> int:
+def estimate_tokens(requests: Sequence[Request], *, compact: bool = False) -> int:
     """A cheap upper-ish bound of a job's prompt tokens, without tokenizing
     (the tokenizer is not safe to share across threads, and the engine
     tokenizes anyway): ~3 UTF-8 bytes per token holds for English (~4) and
     Chinese (3 bytes, ~1 token per character). Each distinct input counts
-    once, as the engine computes its prefix once."""
+    once, as the engine computes its prefix once. `compact`: the checkpoint
+    asks task markers, not instructions (a third of the question tokens), so
+    its batches may hold more."""
     inputs: dict[int, Input] = {}
     total = 0
     for r in requests:
         inputs.setdefault(id(r.input), r.input)
         # a multi-label task asks one question (one suffix) per label
         asks = len(r.task.labels) if r.task.taxonomy is Taxonomy.MULTILABEL else 1
-        total += asks * (16 + len(r.task.instruction.encode()) // 3)
+        question = COMPACT_MARKER.format(name=r.task.name) if compact else r.task.instruction
+        total += asks * (16 + len(question.encode()) // 3)
     for inp in inputs.values():
         total += 32 + _input_bytes(inp) // 3
     return total
@@ -115,7 +119,8 @@ class Batcher:
 
     def submit(self, requests: Sequence[Request]) -> Future:
         """Queue one job; its future resolves to a BatchResult."""
-        job = _Job(list(requests), estimate_tokens(requests), time.monotonic())
+        style = getattr(getattr(self.engine, "renderer", None), "style", None)  # an engine over a trained checkpoint has one
+        job = _Job(list(requests), estimate_tokens(requests, compact=bool(style and style.compact)), time.monotonic())
         with self._cond:
             if self._closed:
                 raise UnavailableError(f"checkpoint {self.name!r} is no longer served by this replica (unloaded or shutting down); retry")

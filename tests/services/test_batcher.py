@@ -143,3 +143,6 @@ def test_token_estimate_counts_a_shared_input_once(hotel):
     assert 0 < two - one < one  # the second task adds its suffix, not the conversation again
     multilabel = estimate_tokens([Request(hotel.task("csc"), call)])
     assert multilabel > one  # one question per label
+    asked = [Request(hotel.task(n), call) for n in ("rc-a", "id", "csc")]
+    # a compact checkpoint's questions are markers: the same batch is estimated smaller, the input the same
+    assert estimate_tokens(asked[:1], compact=True) < one and estimate_tokens(asked, compact=True) < estimate_tokens(asked) / 1.5
