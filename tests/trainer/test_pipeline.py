@@ -534,6 +534,7 @@ def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny
     assert [style for style, _ in trained_on] == [learnt] and COMPACT_MARKER.format(name="topic") in trained_on[0][1]
     manifest = verify_checkpoint(result.checkpoints[0])
     assert manifest.training["suffixes"] == "compact" and manifest.prompt_style == learnt
+    assert ": two_stage, compact suffixes (dev)" in Path(result.report_files["report"]).read_text()
     lm = load_checkpoint(result.checkpoints[0], device="cpu", dtype="float32")
     cat = load_catalogue(tmp_path / "catalogue.yaml")
     engine = Engine(lm.model, lm.tokenizer, cat.truncation, style=lm.manifest.prompt_style)

@@ -186,7 +186,8 @@ def _table(ctx: Context, baselines: Mapping[str, SingleTaskRun], groups: Sequenc
     if not runs:
         return ""
     try:
-        return build_table1(runs, title=f"Job {ctx.spec.name}: {ctx.spec.method} (dev)").to_markdown()
+        style = ", compact suffixes" if ctx.spec.method != "single_task" and ctx.spec.mixture.suffixes == "compact" else ""
+        return build_table1(runs, title=f"Job {ctx.spec.name}: {ctx.spec.method}{style} (dev)").to_markdown()
     except Exception as exc:  # noqa: BLE001 - the table is a convenience; the rows above are the result
         log.warning("could not build the table: %s", exc)
         return ""
