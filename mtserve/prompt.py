@@ -53,14 +53,18 @@ PROMPT_FORMATS = (1, 2)
 FORMAT_CHANGES: dict[int, Taxonomy] = {2: Taxonomy.MULTILABEL}
 
 
-# A trained checkpoint may be asked with a short task marker ("Task: NAME")
-# instead of the natural-language instruction: a multi-task model learns the
-# marker in fine-tuning, and every task's question costs a few tokens instead
-# of 28-49. Opt-in (a job's mixture.suffixes), for multi-task runs only: the
-# untrained model and zero-shot scoring need the instruction, and single-task
-# baselines are the reference a compact mixture is measured against.
+# A trained checkpoint may be asked with a short task marker instead of the
+# natural-language instruction: a multi-task model learns the marker in
+# fine-tuning. A compact suffix opens the assistant's turn and starts it with
+# the task's name ("NAME\n", a multi-label question "NAME: LABEL\n"), the
+# answer after it: no question turn, whose template tokens were most of a
+# marker's cost (9 of the 12-15 tokens of a "Task: NAME" user turn), so a
+# task's question costs 6-8 tokens instead of 28-49. Opt-in (a job's
+# mixture.suffixes), for multi-task runs only: the untrained model and
+# zero-shot scoring need the instruction, and single-task baselines are the
+# reference a compact mixture is measured against.
 SUFFIXES = ("natural", "compact")
-COMPACT_MARKER = "Task: {name}"
+COMPACT_MARKER = "{name}"
 
 
 def prompt_format_for(tasks: Iterable[Task]) -> int:
@@ -258,6 +262,14 @@ class PromptRenderer:
                 "needs a special token between consecutive messages to cut the shared prefix exactly",
                 between,
             )
+        # The generation prompt alone (ChatML: "<|im_start|>assistant\n"): a
+        # compact suffix follows the input's turn with it directly.
+        one_turn = msgs[:2]
+        closed = tok.apply_chat_template(one_turn, tokenize=False)
+        opened = tok.apply_chat_template(one_turn, tokenize=False, add_generation_prompt=True)
+        if not opened.startswith(closed) or not opened[len(closed):]:
+            raise ValidationError("tokenizer.chat_template", "must open the assistant message with a generation prompt", opened[len(closed):])
+        self._assistant_head = opened[len(closed):]
         self._head = head
         self._after_system = after_system
         self._prefix_tail = between[:cut]
@@ -349,7 +361,7 @@ class PromptRenderer:
                     f"{', '.join(sorted(self.style.learnt)) or 'no task'} and never learnt its marker; route the task to a checkpoint trained on it"
                 )
             marker = COMPACT_MARKER.format(name=task.name)
-            return marker + (f"\nCategory: {ask.verbalizer}" if multilabel and ask is not None else "")
+            return marker + (f": {ask.verbalizer}" if multilabel and ask is not None else "")
         text = task.instruction.format(labels=", ".join(label.verbalizer for label in task.labels)).strip()
         if multilabel and ask is not None:
             if self.style.format == 1:
@@ -361,7 +373,10 @@ class PromptRenderer:
     def _suffix_ids(self, task: Task, ask: Label | None = None) -> tuple[tuple[int, ...], str]:
         """The task segment: cached per task definition (Task is frozen and hashable)."""
         # The instruction (with its verbalizers) is the registrant's text, not the template's: untrusted.
-        pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), False), _Piece(self._cue, True)]
+        if self.style.compact:  # the assistant's turn, opened with the marker
+            pieces = [_Piece(self._assistant_head, True), _Piece(self.instruction_text(task, ask) + "\n", False)]
+        else:
+            pieces = [_Piece(self._suffix_head, True), _Piece(self.instruction_text(task, ask), False), _Piece(self._cue, True)]
         return self._encode(pieces)
 
     def answer_ids(self, answer: str) -> tuple[int, ...]:

@@ -207,24 +207,30 @@ def test_unknown_suffixes_are_refused_naming_them(value):
         PromptStyle(2, value)
 
 
-def test_compact_suffixes_ask_with_the_task_marker_and_cost_fewer_tokens(renderers, hotel):
-    """A compact checkpoint's question is "Task: NAME" (a multi-label one adds
-    its category last), the input and prefix are rendered exactly as natural."""
-    natural = renderers["smollm2"]
-    compact = PromptRenderer(natural.tokenizer, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "compact"))
+@pytest.mark.parametrize("tok_name", ["smollm2", "qwen2"])
+def test_compact_suffixes_open_the_answer_with_the_task_marker(renderers, hotel, tok_name):
+    """A compact suffix is the assistant's turn opened with the task's name (a
+    multi-label question's "NAME: LABEL"), no question turn; the prefix is
+    rendered exactly as natural, and the joined text still tokenizes to the
+    concatenated segments."""
+    natural = renderers[tok_name]
+    tok = natural.tokenizer
+    compact = PromptRenderer(tok, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "compact"))
     call = conversation(["I want to cancel my booking", "Sure, which date?"])
     tasks = [t for t in hotel.tasks if t.input_kind is call.kind and call.channel in t.channels]
     assert {t.taxonomy.value for t in tasks} >= {"binary", "multilabel"}
+    opener = tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True).rsplit("x", 1)[1]
+    opener = opener[opener.rindex("<|im_start|>"):]  # both tokenizers are ChatML
     for task in tasks:
         asks = task.labels if task.taxonomy.value == "multilabel" else [None]
         for ask in asks:
-            full, short = natural.render(task, call, ask=ask), compact.render(task, call, ask=ask)
+            full, short = natural.render(task, call, ask=ask), compact.render(task, call, ask=ask, answer="yes")
             assert short.prefix == full.prefix
-            marker = COMPACT_MARKER.format(name=task.name)
-            assert compact.instruction_text(task, ask) == marker + ("" if ask is None else f"\nCategory: {ask.verbalizer}")
+            marker = COMPACT_MARKER.format(name=task.name) + ("" if ask is None else f": {ask.verbalizer}")
+            assert compact.instruction_text(task, ask) == marker
+            assert tok.decode(short.suffix) == f"{opener}{marker}\n"
             assert len(short.suffix) < len(full.suffix)
-            assert marker in natural.tokenizer.decode(short.suffix) and task.instruction[:20] not in natural.tokenizer.decode(short.suffix)
-
+            assert tuple(compact.encode_template(short.text)) == short.ids
 
 
 def test_a_compact_checkpoint_refuses_a_task_whose_marker_it_never_learnt(renderers, hotel):
@@ -233,7 +239,7 @@ def test_a_compact_checkpoint_refuses_a_task_whose_marker_it_never_learnt(render
     tok = renderers["smollm2"].tokenizer
     learnt = PromptRenderer(tok, hotel.truncation, style=PromptStyle(PROMPT_FORMAT, "compact", frozenset({"rc-a"})))
     call = conversation(["I want to cancel my booking"])
-    assert "Task: rc-a" in tok.decode(learnt.render(hotel.task("rc-a"), call).suffix)
+    assert tok.decode(learnt.render(hotel.task("rc-a"), call).suffix).endswith("assistant\nrc-a\n")
     with pytest.raises(PreconditionError, match="task 'id'.*compact suffixes on rc-a and never learnt its marker"):
         learnt.render(hotel.task("id"), call)
     # natural instructions are readable for any task, whatever the checkpoint learnt

@@ -514,7 +514,7 @@ def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny
     from mtserve.engine import Engine
     from mtserve.inputs import Text
     from mtserve.models import load_checkpoint
-    from mtserve.prompt import COMPACT_MARKER, PromptStyle
+    from mtserve.prompt import PromptStyle
     from mtserve.tasks import Channel, load_catalogue
     from trainer.pipeline import multitask
 
@@ -531,7 +531,7 @@ def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny
         mp.setattr(multitask, "encode_tasks", spy)
         result = run_job(spec)
     learnt = PromptStyle(1, "compact", frozenset({"sentiment", "topic"}))
-    assert [style for style, _ in trained_on] == [learnt] and COMPACT_MARKER.format(name="topic") in trained_on[0][1]
+    assert [style for style, _ in trained_on] == [learnt] and "assistant\ntopic\n" in trained_on[0][1]
     manifest = verify_checkpoint(result.checkpoints[0])
     assert manifest.training["suffixes"] == "compact" and manifest.prompt_style == learnt
     assert ": two_stage, compact suffixes (dev)" in Path(result.report_files["report"]).read_text()
@@ -539,7 +539,7 @@ def test_a_compact_mixture_is_trained_recorded_and_served_compact(tmp_path, tiny
     cat = load_catalogue(tmp_path / "catalogue.yaml")
     engine = Engine(lm.model, lm.tokenizer, cat.truncation, style=lm.manifest.prompt_style)
     review = Text("The coffee was awful.", Channel.REVIEW)
-    assert COMPACT_MARKER.format(name="topic") in lm.tokenizer.decode(engine.renderer.render(cat.task("topic"), review).suffix)
+    assert lm.tokenizer.decode(engine.renderer.render(cat.task("topic"), review).suffix).endswith("assistant\ntopic\n")
     from mtserve.engine import Request
     from mtserve.errors import PreconditionError
 
