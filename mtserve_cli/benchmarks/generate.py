@@ -2,12 +2,18 @@
 loop over the same prompts (one prompt per task, and per label of a
 multi-label task, as mtserve asks them), greedy, `max_new_tokens` = the
 task's longest label in tokens, the output parsed back to a label. Free
-decoding can answer something that is no label: those are counted."""
+decoding can answer something that is no label: those are counted.
+
+Both prompt styles, as in `cost`: the natural-language instructions and
+compact task markers (mixture.suffixes: compact), each pair of arms asking
+the same prompts. The compact pair prices the prompts: a model not trained
+with the markers answers them at chance, so only the natural pair's
+agreement and invalid counts say anything about answers."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -21,6 +27,7 @@ from mtserve_cli.benchmarks.harness import Result, alternate, ratio, summaries, 
 from mtserve_cli.benchmarks.workload import BenchConfig
 
 GENERATE, MTSERVE = "batched generate() loop", "mtserve, all tasks shared"
+COMPACT = " (compact suffixes)"
 BATCH = 8  # prompts per generate() call, and conversations per engine call
 
 
@@ -110,14 +117,18 @@ def _mtserve_verbalizers(cat: Catalogue, inputs: list[Input], predictions: list[
 def generate(cfg: BenchConfig) -> Result:
     cat = workload.catalogue()
     loaded = workload.load(cfg)
-    engine = workload.engine(loaded, cfg, cat)
+    trained = loaded.manifest.prompt_style  # each pair of arms in its own style, whatever the checkpoint was trained with
+    engines = {"": workload.engine(loaded, cfg, cat, style=replace(trained, suffixes="natural", learnt=None)),
+               COMPACT: workload.engine(loaded, cfg, cat, style=replace(trained, suffixes="compact", learnt=None))}
     inputs = workload.conversations(cfg.n)
-    qs = questions(engine, cat, inputs)
+    qs = {style: questions(engine, cat, inputs) for style, engine in engines.items()}
     seen: dict[str, Any] = {}
-    figures = alternate([
-        (GENERATE, lambda: timed(lambda: seen.__setitem__(GENERATE, generate_loop(engine, qs)))),
-        (MTSERVE, lambda: timed(lambda: seen.__setitem__(MTSERVE, mtserve_answers(engine, cat, inputs)))),
-    ], cfg.repeats)
+
+    def arms(style: str, engine: Engine) -> list[tuple[str, Any]]:
+        return [(GENERATE + style, lambda: timed(lambda: seen.__setitem__(GENERATE + style, generate_loop(engine, qs[style])))),
+                (MTSERVE + style, lambda: timed(lambda: seen.__setitem__(MTSERVE + style, mtserve_answers(engine, cat, inputs))))]
+
+    figures = alternate([arm for style, engine in engines.items() for arm in arms(style, engine)], cfg.repeats)
     free = seen[GENERATE]
     constrained = _mtserve_verbalizers(cat, inputs, seen[MTSERVE])
     valid = [(a, b) for a, b in zip(free, constrained) if a is not None]
@@ -125,10 +136,13 @@ def generate(cfg: BenchConfig) -> Result:
         measure="generate",
         question="a batched generate() loop over the same questions, parsed to labels / mtserve (seconds, same dtype)",
         arms=summaries(figures, "s"),
-        ratios=[ratio(figures, GENERATE, MTSERVE, "higher is better", goal=10.0)],
-        config={"model": loaded.id, "dtype": "float32", "conversations": cfg.n, "questions": len(qs), "batch": BATCH,
-                "repeats": cfg.repeats, "smoke": cfg.smoke},
+        ratios=[ratio(figures, GENERATE + style, MTSERVE + style, "higher is better", goal=10.0) for style in engines],
+        config={"model": loaded.id, "dtype": "float32", "conversations": cfg.n, "questions": len(qs[""]), "batch": BATCH,
+                "repeats": cfg.repeats, "smoke": cfg.smoke,
+                "prompt_tokens": {"natural": sum(len(q.prompt) for q in qs[""]), "compact": sum(len(q.prompt) for q in qs[COMPACT])}},
         details={"invalid_outputs": sum(a is None for a in free), "outputs": len(free),
-                 "generated_equals_mtserve_top": sum(a == b for a, b in valid), "mtserve_invalid_outputs": 0},
-        notes=["mtserve's answers are labels by construction (constrained decoding): it has no invalid outputs"],
+                 "generated_equals_mtserve_top": sum(a == b for a, b in valid), "mtserve_invalid_outputs": 0,
+                 "compact_invalid_outputs": sum(a is None for a in seen[GENERATE + COMPACT])},
+        notes=["mtserve's answers are labels by construction (constrained decoding): it has no invalid outputs",
+               "the compact arms price the prompts; a model not trained with the markers answers them at chance"],
     )

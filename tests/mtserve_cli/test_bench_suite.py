@@ -48,6 +48,9 @@ def test_every_measure_completes_and_writes_its_record(measure: str, tiny_llama_
         tokens = record["details"]
         assert tokens["compact"]["question_tokens_per_conversation_median"] < tokens["natural"]["question_tokens_per_conversation_median"]
         assert tokens["compact"]["prefix_tokens_max"] == tokens["natural"]["prefix_tokens_max"]
+    if measure == "generate":  # both prompt styles, each generate() loop asking what its mtserve arm asks
+        assert len(record["arms"]) == 4 and [r["goal"] for r in record["ratios"]] == [10.0, 10.0]
+        assert 0 < record["config"]["prompt_tokens"]["compact"] < record["config"]["prompt_tokens"]["natural"]
 
 
 def test_smoke_builds_its_own_tiny_model_and_all_runs_a_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
